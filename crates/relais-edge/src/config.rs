@@ -1,0 +1,704 @@
+//! Edge configuration: `relais.toml` → [`FileConfig`] (strict, versioned) → validated [`Config`].
+//!
+//! Validation happens entirely before anything is swapped in: a refused file leaves the running
+//! configuration untouched, and the error names the offending field (`site[2].origin[0].url`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Scheme, Uri};
+use serde::Deserialize;
+
+/// The only file format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File form
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub edge: FileEdge,
+    #[serde(default)]
+    pub cache: FileCache,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<FileSite>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileEdge {
+    #[serde(default)]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub listen_tls: Vec<String>,
+    pub admin: Option<String>,
+    pub purge_secret: Option<String>,
+    pub client_header_timeout: Option<String>,
+    pub client_idle_timeout: Option<String>,
+    pub max_header_bytes: Option<ByteSize>,
+    pub max_uri_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileCache {
+    pub memory_bytes: Option<ByteSize>,
+    pub max_memory_object: Option<ByteSize>,
+    pub disk_path: Option<PathBuf>,
+    pub disk_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSite {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub grace: Option<String>,
+    pub max_body_bytes: Option<ByteSize>,
+    pub tls: Option<FileTls>,
+    #[serde(rename = "origin")]
+    pub origins: Vec<FileOrigin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOrigin {
+    pub url: String,
+    pub host: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub health: Option<FileHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+/// A byte count written as an integer or as `"256MiB"`, `"10 GB"`, `"512k"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_bytes(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"256MiB"`, `"10GB"`, `"512k"`, `"42"` into bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number like \"256MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Parses `"500ms"`, `"2s"`, `"5m"`, `"24h"`, `"7d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected a number like \"30s\""))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+    };
+    Ok(d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated form
+// ---------------------------------------------------------------------------------------------
+
+/// A validated edge configuration. Immutable; swapped whole on reload.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub purge_secret: Option<String>,
+    pub limits: Limits,
+    pub cache: CacheConfig,
+    pub sites: Vec<Arc<Site>>,
+    routes: Routes,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a client has to send a complete request head.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub memory_bytes: u64,
+    pub max_memory_object: u64,
+    pub disk_path: Option<PathBuf>,
+    pub disk_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            max_memory_object: 8 << 20,
+            disk_path: None,
+            disk_bytes: 10 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Position in [`Config::sites`]; stable for one config generation.
+    pub index: usize,
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// How long stale content is served when every origin fails.
+    pub grace: Duration,
+    pub max_body_bytes: u64,
+    pub tls: Option<SiteTls>,
+    pub origins: Vec<Origin>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub url: Uri,
+    /// Host header sent upstream; `None` keeps the client's.
+    pub host: Option<String>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub health: Health,
+}
+
+impl Origin {
+    /// Stable identity of an origin across reloads (for health state and connection pools).
+    pub fn id(&self) -> String {
+        format!(
+            "{}|{}|{:?}|{:?}|{:?}",
+            self.url,
+            self.host.as_deref().unwrap_or(""),
+            self.connect_timeout,
+            self.response_timeout,
+            self.ca_file
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down origin back.
+    pub rise: u32,
+    /// Consecutive failures that take an origin down.
+    pub fall: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            path: "/".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// Host → site lookup: exact names first, then `*.suffix` wildcards (longest first), then `*`.
+#[derive(Debug, Clone, Default)]
+struct Routes {
+    exact: HashMap<String, usize>,
+    wildcard: Vec<(String, usize)>,
+    catch_all: Option<usize>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Self::from_file(file)
+    }
+
+    /// The quick-start form: every Host served from one origin with default rules.
+    pub fn quick_start(
+        listen: Vec<SocketAddr>,
+        origin: &str,
+        admin: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        let file = FileConfig {
+            version: Some(CONFIG_VERSION),
+            edge: FileEdge {
+                listen: listen.iter().map(|a| a.to_string()).collect(),
+                admin: admin.map(|a| a.to_string()),
+                ..Default::default()
+            },
+            cache: FileCache::default(),
+            sites: vec![FileSite {
+                name: "default".into(),
+                hosts: vec!["*".into()],
+                grace: None,
+                max_body_bytes: None,
+                tls: None,
+                origins: vec![FileOrigin {
+                    url: origin.to_owned(),
+                    host: None,
+                    connect_timeout: None,
+                    response_timeout: None,
+                    ca_file: None,
+                    health: None,
+                }],
+            }],
+        };
+        Self::from_file(file)
+    }
+
+    pub fn from_file(file: FileConfig) -> Result<Config, ConfigError> {
+        match file.version {
+            Some(CONFIG_VERSION) => {}
+            Some(v) => {
+                return Err(invalid(
+                    "version",
+                    format!("unsupported version {v}, this build reads version {CONFIG_VERSION}"),
+                ));
+            }
+            None => return Err(invalid("version", format!("missing; write `version = {CONFIG_VERSION}`"))),
+        }
+        let addrs = |field: &str, list: &[String]| -> Result<Vec<SocketAddr>, ConfigError> {
+            list.iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    a.parse()
+                        .map_err(|_| invalid(format!("{field}[{i}]"), format!("{a:?} is not an address like \"127.0.0.1:8080\"")))
+                })
+                .collect()
+        };
+        let listen = addrs("edge.listen", &file.edge.listen)?;
+        let listen_tls = addrs("edge.listen_tls", &file.edge.listen_tls)?;
+        if listen.is_empty() && listen_tls.is_empty() {
+            return Err(invalid("edge.listen", "at least one listen or listen_tls address is required"));
+        }
+        let admin = match &file.edge.admin {
+            Some(a) => Some(a.parse().map_err(|_| invalid("edge.admin", format!("{a:?} is not an address")))?),
+            None => None,
+        };
+        if let Some(s) = &file.edge.purge_secret
+            && s.len() < 16
+        {
+            return Err(invalid("edge.purge_secret", "must be at least 16 characters"));
+        }
+        let mut limits = Limits::default();
+        if let Some(t) = &file.edge.client_header_timeout {
+            limits.header_timeout = parse_duration(t).map_err(|m| invalid("edge.client_header_timeout", m))?;
+        }
+        if let Some(t) = &file.edge.client_idle_timeout {
+            limits.idle_timeout = parse_duration(t).map_err(|m| invalid("edge.client_idle_timeout", m))?;
+        }
+        if let Some(b) = file.edge.max_header_bytes {
+            if !(1024..=1 << 20).contains(&b.0) {
+                return Err(invalid("edge.max_header_bytes", "must be between 1KiB and 1MiB"));
+            }
+            limits.max_header_bytes = b.0 as usize;
+        }
+        if let Some(b) = file.edge.max_uri_bytes {
+            if !(256..=1 << 20).contains(&b.0) {
+                return Err(invalid("edge.max_uri_bytes", "must be between 256B and 1MiB"));
+            }
+            limits.max_uri_bytes = b.0 as usize;
+        }
+
+        let mut cache = CacheConfig::default();
+        if let Some(b) = file.cache.memory_bytes {
+            cache.memory_bytes = b.0;
+        }
+        if let Some(b) = file.cache.max_memory_object {
+            cache.max_memory_object = b.0;
+        }
+        cache.disk_path = file.cache.disk_path.clone();
+        if let Some(b) = file.cache.disk_bytes {
+            cache.disk_bytes = b.0;
+        }
+        if cache.max_memory_object > cache.memory_bytes {
+            cache.max_memory_object = cache.memory_bytes;
+        }
+
+        if file.sites.is_empty() {
+            return Err(invalid("site", "at least one [[site]] is required"));
+        }
+        let mut sites = Vec::with_capacity(file.sites.len());
+        let mut routes = Routes::default();
+        let mut seen_names: HashMap<String, usize> = HashMap::new();
+        for (i, fs) in file.sites.into_iter().enumerate() {
+            let field = format!("site[{i}]");
+            let site = validate_site(i, fs, &field)?;
+            if let Some(prev) = seen_names.insert(site.name.clone(), i) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("{:?} is already used by site[{prev}]", site.name),
+                ));
+            }
+            for (h, host) in site.hosts.iter().enumerate() {
+                let hf = format!("{field}.hosts[{h}]");
+                let dup = if host == "*" {
+                    routes.catch_all.replace(i)
+                } else if let Some(suffix) = host.strip_prefix("*.") {
+                    let s = format!(".{suffix}");
+                    let prev = routes.wildcard.iter().find(|(w, _)| *w == s).map(|(_, i)| *i);
+                    if prev.is_none() {
+                        routes.wildcard.push((s, i));
+                    }
+                    prev
+                } else {
+                    routes.exact.insert(host.clone(), i)
+                };
+                if let Some(prev) = dup {
+                    return Err(invalid(hf, format!("host {host:?} is already served by site[{prev}]")));
+                }
+            }
+            sites.push(Arc::new(site));
+        }
+        routes.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        if !listen_tls.is_empty() && !sites.iter().any(|s| s.tls.is_some()) {
+            return Err(invalid("edge.listen_tls", "a TLS listener needs at least one site with [site.tls]"));
+        }
+        Ok(Config {
+            listen,
+            listen_tls,
+            admin,
+            purge_secret: file.edge.purge_secret,
+            limits,
+            cache,
+            sites,
+            routes,
+        })
+    }
+
+    /// The site serving `host` (port and trailing dot ignored, case-insensitive).
+    pub fn route(&self, host: &str) -> Option<&Arc<Site>> {
+        let host = normalize_host(host);
+        if let Some(&i) = self.routes.exact.get(host.as_ref()) {
+            return self.sites.get(i);
+        }
+        for (suffix, i) in &self.routes.wildcard {
+            if host.ends_with(suffix.as_str()) && host.len() > suffix.len() {
+                return self.sites.get(*i);
+            }
+        }
+        self.routes.catch_all.and_then(|i| self.sites.get(i))
+    }
+
+    pub fn site_by_name(&self, name: &str) -> Option<&Arc<Site>> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+}
+
+/// Lowercases, strips a port and a trailing dot. Borrowed when nothing changes.
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let no_port = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let trimmed = no_port.strip_suffix('.').unwrap_or(no_port);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(trimmed)
+    }
+}
+
+fn valid_host_name(h: &str) -> bool {
+    let h = h.strip_prefix("*.").unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        })
+}
+
+fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, ConfigError> {
+    if fs.name.is_empty() || !fs.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        return Err(invalid(format!("{field}.name"), "use letters, digits, '-', '_' or '.'"));
+    }
+    if fs.hosts.is_empty() {
+        return Err(invalid(format!("{field}.hosts"), "at least one host name is required"));
+    }
+    let mut hosts = Vec::new();
+    for (h, host) in fs.hosts.iter().enumerate() {
+        let host = host.trim().to_ascii_lowercase();
+        if host != "*" && !valid_host_name(&host) {
+            return Err(invalid(format!("{field}.hosts[{h}]"), format!("{host:?} is not a host name")));
+        }
+        hosts.push(host);
+    }
+    let grace = match &fs.grace {
+        Some(g) => parse_duration(g).map_err(|m| invalid(format!("{field}.grace"), m))?,
+        None => Duration::from_secs(24 * 3600),
+    };
+    if fs.origins.is_empty() {
+        return Err(invalid(format!("{field}.origin"), "at least one [[site.origin]] is required"));
+    }
+    let mut origins = Vec::new();
+    for (o, fo) in fs.origins.into_iter().enumerate() {
+        let of = format!("{field}.origin[{o}]");
+        origins.push(validate_origin(fo, &of)?);
+    }
+    let tls = fs.tls.map(|t| SiteTls { cert: t.cert, key: t.key });
+    Ok(Site {
+        index,
+        name: fs.name,
+        hosts,
+        grace,
+        max_body_bytes: fs.max_body_bytes.map_or(100 << 20, |b| b.0),
+        tls,
+        origins,
+    })
+}
+
+fn validate_origin(fo: FileOrigin, field: &str) -> Result<Origin, ConfigError> {
+    let url: Uri = fo
+        .url
+        .parse()
+        .map_err(|_| invalid(format!("{field}.url"), format!("{:?} is not a URL", fo.url)))?;
+    match url.scheme() {
+        Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => {}
+        _ => return Err(invalid(format!("{field}.url"), "must start with http:// or https://")),
+    }
+    if url.host().is_none() {
+        return Err(invalid(format!("{field}.url"), "has no host"));
+    }
+    if url.path() != "/" && !url.path().is_empty() {
+        return Err(invalid(format!("{field}.url"), "must not have a path (the client's path is kept)"));
+    }
+    let dur = |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        match v {
+            Some(s) => {
+                let d = parse_duration(s).map_err(|m| invalid(format!("{field}.{name}"), m))?;
+                if d.is_zero() {
+                    return Err(invalid(format!("{field}.{name}"), "must be greater than zero"));
+                }
+                Ok(d)
+            }
+            None => Ok(default),
+        }
+    };
+    let connect_timeout = dur("connect_timeout", &fo.connect_timeout, Duration::from_secs(3))?;
+    let response_timeout = dur("response_timeout", &fo.response_timeout, Duration::from_secs(30))?;
+    let mut health = Health::default();
+    if let Some(h) = fo.health {
+        if let Some(p) = h.path {
+            if !p.starts_with('/') {
+                return Err(invalid(format!("{field}.health.path"), "must start with '/'"));
+            }
+            health.path = p;
+        }
+        health.interval = dur("health.interval", &h.interval, health.interval)?;
+        health.timeout = dur("health.timeout", &h.timeout, health.timeout)?;
+        if let Some(r) = h.rise {
+            health.rise = r.max(1);
+        }
+        if let Some(f) = h.fall {
+            health.fall = f.max(1);
+        }
+    }
+    if let Some(host) = &fo.host
+        && !valid_host_name(&normalize_host(host))
+    {
+        return Err(invalid(format!("{field}.host"), format!("{host:?} is not a host name")));
+    }
+    Ok(Origin {
+        url,
+        host: fo.host,
+        connect_timeout,
+        response_timeout,
+        ca_file: fo.ca_file,
+        health,
+    })
+}
+
+impl fmt::Display for Site {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+version = 1
+[edge]
+listen = ["127.0.0.1:8080"]
+[[site]]
+name = "mairie"
+hosts = ["www.mairie.example", "*.mairie.example"]
+grace = "2h"
+[[site.origin]]
+url = "http://127.0.0.1:9000"
+[[site]]
+name = "other"
+hosts = ["*"]
+[[site.origin]]
+url = "https://origin.example"
+host = "origin.example"
+"#;
+
+    #[test]
+    fn parses_and_routes() {
+        let c = Config::parse(GOOD, "t").expect("valid");
+        assert_eq!(c.sites.len(), 2);
+        assert_eq!(c.sites[0].grace, Duration::from_secs(7200));
+        assert_eq!(c.route("www.mairie.example").map(|s| s.name.as_str()), Some("mairie"));
+        assert_eq!(c.route("WWW.Mairie.Example.:8080").map(|s| s.name.as_str()), Some("mairie"));
+        assert_eq!(c.route("static.mairie.example").map(|s| s.name.as_str()), Some("mairie"));
+        assert_eq!(c.route("mairie.example").map(|s| s.name.as_str()), Some("other"));
+        assert_eq!(c.route("anything").map(|s| s.name.as_str()), Some("other"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("version = 1", "version = 7"), "version"),
+            (GOOD.replace("http://127.0.0.1:9000", "ftp://x"), "site[0].origin[0].url"),
+            (GOOD.replace("grace = \"2h\"", "grace = \"2 fortnights\""), "site[0].grace"),
+            (GOOD.replace("\"*\"", "\"www.mairie.example\""), "site[1].hosts[0]"),
+            (GOOD.replace("name = \"other\"", "name = \"mairie\""), "site[1].name"),
+            (GOOD.replace("127.0.0.1:8080", "localhost"), "edge.listen[0]"),
+        ];
+        for (text, field) in cases {
+            match Config::parse(&text, "t") {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("expected invalid {field}, got {other:?}"),
+            }
+        }
+        let err = Config::parse("version = 1\n[edge]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n", "relais.toml")
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        assert!(err.to_string().starts_with("relais.toml"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1k"), Ok(1024));
+        assert_eq!(parse_bytes("12"), Ok(12));
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("99999999999999TB").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert!(parse_duration("-1s").is_err());
+    }
+}
