@@ -409,6 +409,11 @@ impl Store {
         self.epoch.load(Ordering::SeqCst)
     }
 
+    /// Records the header names a URL's responses vary on.
+    pub fn set_vary(&self, primary: Key, names: &[HeaderName]) {
+        self.vary.insert(primary, names.to_vec().into());
+    }
+
     pub fn vary_of(&self, primary: Key) -> Option<Arc<[HeaderName]>> {
         self.vary.get(&primary)
     }

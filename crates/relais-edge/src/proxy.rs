@@ -1,0 +1,1132 @@
+//! The request path, as named phases over one [`Edge`]:
+//!
+//! 1. **validate** — refuse malformed or oversized requests and smuggling shapes (400/413/414);
+//! 2. **route** — Host (and SNI) → site; unknown hosts get 404, SNI/Host mismatches 421;
+//! 3. **purge** — `PURGE` with the shared secret;
+//! 4. **lookup** — GET/HEAD look in the cache; fresh → hit; stale → serve stale if the origin is
+//!    down or the response allows it, otherwise revalidate;
+//! 5. **fetch** — misses and revalidations are *fills*: one origin request per key, run in its
+//!    own task so a client that leaves never cancels it, with every concurrent request for the
+//!    same key waiting on it. An uncacheable answer releases the waiters at once, each to make
+//!    its own request (never queued one behind another);
+//! 6. **respond** — conditional requests, ranges, HEAD, `Age` and `Cache-Status` on every
+//!    response.
+//!
+//! Other methods are passed through; an unsafe method that succeeds invalidates the URL.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use crate::cache::policy::{self, RequestFacts};
+use crate::cache::{self, BodySource, Growing, Key, Meta, Object, PurgeTarget, Store, Tier};
+use crate::clock::SharedClock;
+use crate::config::{Config, Site, normalize_host};
+use crate::metrics::{EdgeMetrics, Outcome, SiteMetrics};
+use crate::range::{self, Multipart, RangeDecision};
+use crate::response::{CACHE_STATUS, EdgeBody, cache_status, error_page};
+use crate::tls::CertStore;
+use crate::upstream::{self, OriginState, UpBody, UpstreamError, Upstreams};
+
+/// How long a URL whose response was not storable skips request coalescing.
+const PASS_MARK: Duration = Duration::from_secs(120);
+
+static PURGE: std::sync::LazyLock<Method> = std::sync::LazyLock::new(|| Method::from_bytes(b"PURGE").unwrap_or(Method::DELETE));
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Per-connection facts handed to every request.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+    /// The SNI name the client sent, if TLS.
+    pub sni: Option<String>,
+}
+
+/// One site's runtime: its config, counters and origin states.
+pub struct SiteRuntime {
+    pub site: Arc<Site>,
+    pub metrics: Arc<SiteMetrics>,
+    pub origins: Vec<Arc<OriginState>>,
+}
+
+/// Everything a request needs, swapped whole on reload.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub sites: Vec<Arc<SiteRuntime>>,
+    pub generation: u64,
+}
+
+/// Options fixed at start.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    pub active_health_checks: bool,
+}
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        Self { active_health_checks: true }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cache storage: {0}")]
+    Storage(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+#[derive(Clone)]
+enum FillState {
+    Pending,
+    /// Headers are in; the body streams from `obj`. `shareable` is false when the response is
+    /// stored only for use when origins fail (not fresh on arrival): waiters then fetch alone.
+    Ready { obj: Arc<Object>, revalidated: bool, shareable: bool },
+    /// Not storable: the leader takes the response; waiters make their own requests.
+    Pass { detail: &'static str },
+    Failed(UpstreamError),
+}
+
+struct Fill {
+    tx: watch::Sender<FillState>,
+    leader_resp: Mutex<Option<Response<Incoming>>>,
+}
+
+/// The data plane.
+pub struct Edge {
+    snapshot: ArcSwap<Snapshot>,
+    pub store: Store,
+    upstreams: Upstreams,
+    clock: SharedClock,
+    pub metrics: EdgeMetrics,
+    site_metrics: Mutex<HashMap<String, Arc<SiteMetrics>>>,
+    inflight: Mutex<HashMap<Key, Arc<Fill>>>,
+    pass_marks: quick_cache::sync::Cache<Key, SystemTime>,
+    pub certs: Arc<CertStore>,
+    options: EdgeOptions,
+    generation: AtomicU64,
+    pub last_reload_error: Mutex<Option<String>>,
+}
+
+/// What lookup + policy decided for a GET/HEAD.
+struct Lookup {
+    primary: Key,
+    key: Key,
+    found: Option<(Arc<Object>, Tier)>,
+    vary_known: bool,
+}
+
+impl Edge {
+    pub fn new(config: Config, clock: SharedClock, options: EdgeOptions) -> Result<Arc<Edge>, EdgeError> {
+        let store = Store::open(&config.cache)?;
+        let certs = Arc::new(CertStore::default());
+        let edge = Arc::new(Edge {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                config: Arc::new(config.clone()),
+                sites: vec![],
+                generation: 0,
+            }),
+            store,
+            upstreams: Upstreams::default(),
+            clock,
+            metrics: EdgeMetrics::default(),
+            site_metrics: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            pass_marks: quick_cache::sync::Cache::new(100_000),
+            certs,
+            options,
+            generation: AtomicU64::new(0),
+            last_reload_error: Mutex::new(None),
+        });
+        edge.apply(config).map_err(EdgeError::Config)?;
+        Ok(edge)
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Validates everything that can fail (certificates, origin TLS settings), then swaps the
+    /// new configuration in atomically. On error nothing changes.
+    pub fn apply(&self, config: Config) -> Result<(), String> {
+        let certs = crate::tls::load_site_certs(&config)?;
+        let mut sites = Vec::with_capacity(config.sites.len());
+        let mut all_origins = Vec::new();
+        {
+            let mut sm = self.site_metrics.lock().map_err(|_| "metrics table poisoned".to_string())?;
+            for site in &config.sites {
+                let origins = self
+                    .upstreams
+                    .resolve(&site.origins, &self.clock, self.options.active_health_checks)
+                    .map_err(|e| format!("site {}: {e}", site.name))?;
+                all_origins.extend(origins.iter().cloned());
+                let metrics = sm.entry(site.name.clone()).or_default().clone();
+                sites.push(Arc::new(SiteRuntime {
+                    site: site.clone(),
+                    metrics,
+                    origins,
+                }));
+            }
+            sm.retain(|name, _| config.site_by_name(name).is_some());
+        }
+        let old = self.snapshot.load();
+        if old.generation > 0 {
+            if old.config.listen != config.listen || old.config.listen_tls != config.listen_tls || old.config.admin != config.admin {
+                tracing::warn!("listen addresses changed: they take effect at the next restart");
+            }
+            if old.config.cache != config.cache {
+                tracing::warn!("cache sizes or paths changed: they take effect at the next restart");
+            }
+        }
+        self.certs.replace(certs);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.snapshot.store(Arc::new(Snapshot {
+            config: Arc::new(config),
+            sites,
+            generation,
+        }));
+        self.upstreams.retain(&all_origins);
+        Ok(())
+    }
+
+    /// Applies a configuration from a reload, recording the outcome.
+    pub fn reload(&self, config: Result<Config, String>) -> Result<u64, String> {
+        let res = config.and_then(|c| self.apply(c));
+        let mut last = self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner());
+        match res {
+            Ok(()) => {
+                self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                *last = None;
+                let g = self.snapshot.load().generation;
+                tracing::info!(generation = g, "configuration applied");
+                Ok(g)
+            }
+            Err(e) => {
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "configuration refused; the previous one keeps serving");
+                *last = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Handles one request. Never fails: every problem becomes a response.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<EdgeBody> {
+        let snap = self.snapshot.load_full();
+        // Phase 1: validate.
+        if let Err(resp) = validate(&req, &snap.config) {
+            self.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return *resp;
+        }
+        // Phase 2: route.
+        let host = request_host(&req).unwrap_or_default();
+        let Some(site) = snap.config.route(&host) else {
+            self.metrics.unknown_host.fetch_add(1, Ordering::Relaxed);
+            return error_page(
+                StatusCode::NOT_FOUND,
+                "Site inconnu",
+                "This address is not served here: no site is configured for this host name.",
+                &["fwd=bypass", "detail=unknown-host"],
+            );
+        };
+        if let Some(sni) = &conn.sni {
+            let sni_site = snap.config.route(sni).map(|s| s.index);
+            if sni_site != Some(site.index) {
+                self.metrics.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return error_page(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "Requête mal dirigée",
+                    "The host name does not match the TLS connection; open a new connection for this host.",
+                    &["fwd=bypass", "detail=sni-mismatch"],
+                );
+            }
+        }
+        let rt = snap.sites[site.index].clone();
+        rt.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let host = normalize_host(&host).into_owned();
+
+        let resp = if req.method() == *PURGE {
+            self.purge_request(&req, &rt, &host, &conn, &snap.config)
+        } else if req.method() == Method::GET || req.method() == Method::HEAD {
+            let (parts, _body) = req.into_parts();
+            self.cacheable(parts, &rt, &host, &conn).await
+        } else if req.method() == Method::TRACE || req.method() == Method::CONNECT {
+            rt.metrics.count(Outcome::Error);
+            error_page(StatusCode::METHOD_NOT_ALLOWED, "Méthode refusée", "This method is not allowed.", &["fwd=method"])
+        } else {
+            self.pass_unsafe(req, &rt, &host, &conn).await
+        };
+        if let Some(len) = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+            rt.metrics.bytes_sent.fetch_add(len, Ordering::Relaxed);
+        }
+        resp
+    }
+
+    fn purge_request(&self, req: &Request<Incoming>, rt: &SiteRuntime, host: &str, conn: &ConnInfo, cfg: &Config) -> Response<EdgeBody> {
+        let allowed = match &cfg.purge_secret {
+            Some(secret) => req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), secret.as_bytes())),
+            None => conn.remote.ip().is_loopback(),
+        };
+        if !allowed {
+            rt.metrics.count(Outcome::Error);
+            return error_page(StatusCode::FORBIDDEN, "Purge refusée", "Purging needs the purge secret as a bearer token.", &["fwd=method"]);
+        }
+        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let primary = cache::primary_key(&rt.site.name, host, pq);
+        let n = self.store.purge(&PurgeTarget::Url {
+            site: rt.site.name.as_str().into(),
+            primary,
+        });
+        rt.metrics.purges.fetch_add(1, Ordering::Relaxed);
+        let body = format!("{{\"purged\":{n}}}\n");
+        let mut resp = Response::new(EdgeBody::Full(Some(Bytes::from(body))));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(CACHE_STATUS.clone(), cache_status(&["fwd=method", "detail=purge"]));
+        resp
+    }
+
+    fn lookup(&self, site: &Site, host: &str, parts: &Parts) -> Lookup {
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let primary = cache::primary_key(&site.name, host, pq);
+        let vary = self.store.vary_of(primary);
+        let key = cache::variant_key(primary, vary.as_deref().unwrap_or(&[]), &parts.headers);
+        let now = self.clock.now();
+        Lookup {
+            primary,
+            key,
+            found: self.store.lookup(key, now),
+            vary_known: vary.is_some(),
+        }
+    }
+
+    /// Phases 4–6 for GET and HEAD.
+    async fn cacheable(self: Arc<Self>, parts: Parts, rt: &Arc<SiteRuntime>, host: &str, conn: &ConnInfo) -> Response<EdgeBody> {
+        let reqd = policy::request_directives(&parts.headers);
+        let lk = self.lookup(&rt.site, host, &parts);
+        let now = self.clock.now();
+
+        let mut stale: Option<Arc<Object>> = None;
+        let mut forced = false;
+        if let Some((obj, tier)) = &lk.found {
+            let m = &obj.meta;
+            let age = m.current_age(now).as_secs();
+            let fresh = m.is_fresh(now) && !m.fresh.no_cache;
+            let client_ok = !reqd.no_cache
+                && reqd.max_age.is_none_or(|ma| age <= ma)
+                && reqd.min_fresh.is_none_or(|mf| m.ttl(now) >= mf as i64);
+            if *tier == Tier::Disk {
+                self.promote_later(obj);
+            }
+            if fresh && client_ok {
+                rt.metrics.count(Outcome::Hit);
+                let ttl = format!("ttl={}", m.ttl(now));
+                return self.respond(&parts, obj, &["hit", &ttl], now);
+            }
+            forced = fresh && !client_ok;
+            let staleness = m.staleness(now);
+            if !fresh && !m.fresh.must_revalidate && !m.fresh.no_cache {
+                // The client accepts stale (max-stale).
+                if let Some(ms) = reqd.max_stale
+                    && ms.is_none_or(|ms| staleness.as_secs() <= ms)
+                {
+                    rt.metrics.count(Outcome::Stale);
+                    let ttl = format!("ttl={}", m.ttl(now));
+                    return self.respond(&parts, obj, &["hit", &ttl, "detail=max-stale"], now);
+                }
+                // Every origin is down: serve stale within grace without asking.
+                if !upstream::any_available(&rt.origins) && staleness <= rt.site.grace.max(m.fresh.stale_if_error) {
+                    rt.metrics.count(Outcome::Stale);
+                    self.clone().revalidate_in_background(rt, &parts, &lk, obj.clone());
+                    let ttl = format!("ttl={}", m.ttl(now));
+                    return self.respond(&parts, obj, &["hit", &ttl, "detail=origin-down"], now);
+                }
+                // stale-while-revalidate.
+                if staleness <= m.fresh.stale_while_revalidate && !reqd.no_cache {
+                    rt.metrics.count(Outcome::Stale);
+                    self.clone().revalidate_in_background(rt, &parts, &lk, obj.clone());
+                    let ttl = format!("ttl={}", m.ttl(now));
+                    return self.respond(&parts, obj, &["hit", &ttl, "detail=stale-while-revalidate"], now);
+                }
+            }
+            stale = Some(obj.clone());
+        } else if reqd.only_if_cached {
+            return error_page(StatusCode::GATEWAY_TIMEOUT, "Absent du cache", "The response is not in the cache (only-if-cached).", &["fwd=miss", "detail=only-if-cached"]);
+        }
+
+        let fwd = if forced {
+            "fwd=request"
+        } else if stale.is_some() {
+            "fwd=stale"
+        } else if lk.vary_known {
+            "fwd=vary-miss"
+        } else {
+            "fwd=miss"
+        };
+
+        // Requests carrying credentials, or URLs known to be uncacheable, skip coalescing.
+        let personal = parts.headers.contains_key(header::AUTHORIZATION);
+        let marked = self.pass_marks.get(&lk.key).is_some_and(|until| until > now);
+        if (personal || marked) && stale.is_none() {
+            return self.pass_get(parts, rt, host, conn, if marked { "detail=uncacheable" } else { "detail=authorization" }).await;
+        }
+
+        let mut lk = lk;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (fill, leader) = self.clone().join_or_start(rt, &parts, host, conn, &lk, stale.clone());
+            if !leader {
+                rt.metrics.coalesced.fetch_add(1, Ordering::Relaxed);
+            }
+            let state = wait_ready(&fill).await;
+            let now = self.clock.now();
+            match state {
+                FillState::Pending => return unreachable_pending(),
+                FillState::Ready { obj, revalidated, shareable } => {
+                    if revalidated {
+                        rt.metrics.count(Outcome::Revalidated);
+                        let ttl = format!("ttl={}", obj.meta.ttl(now));
+                        let fwd_p = if forced { "fwd=request" } else { "fwd=stale" };
+                        return self.respond(&parts, &obj, &[fwd_p, "fwd-status=304", &ttl], now);
+                    }
+                    // A waiter whose own variant differs from what arrived looks again.
+                    let my_key = cache::variant_key(lk.primary, &obj.meta.vary, &parts.headers);
+                    if my_key != obj.meta.key && attempts < 3 {
+                        lk = self.lookup(&rt.site, host, &parts);
+                        continue;
+                    }
+                    if !leader && (!shareable || my_key != obj.meta.key) {
+                        return self.pass_get(parts, rt, host, conn, "detail=not-shareable").await;
+                    }
+                    rt.metrics.count(Outcome::Miss);
+                    let ttl = format!("ttl={}", obj.meta.ttl(now));
+                    let status = format!("fwd-status={}", obj.meta.status.as_u16());
+                    let params: [&str; 4] = [fwd, &status, if leader { "stored" } else { "collapsed" }, &ttl];
+                    return self.respond(&parts, &obj, &params, now);
+                }
+                FillState::Pass { detail } => {
+                    if leader {
+                        let taken = fill.leader_resp.lock().ok().and_then(|mut s| s.take());
+                        if let Some(resp) = taken {
+                            rt.metrics.count(Outcome::Pass);
+                            let d = format!("detail={detail}");
+                            let st = format!("fwd-status={}", resp.status().as_u16());
+                            return passthrough(resp, &parts.method, &[fwd, &st, &d]);
+                        }
+                    }
+                    return self.pass_get(parts, rt, host, conn, "detail=uncacheable").await;
+                }
+                FillState::Failed(err) => {
+                    if let Some(obj) = &stale {
+                        let m = &obj.meta;
+                        let window = rt.site.grace.max(m.fresh.stale_if_error);
+                        if !m.fresh.must_revalidate && m.staleness(now) <= window {
+                            rt.metrics.count(Outcome::Stale);
+                            let ttl = format!("ttl={}", m.ttl(now));
+                            let st = format!("fwd-status={}", err.status().as_u16());
+                            let d = format!("detail={}", err.detail());
+                            return self.respond(&parts, obj, &["fwd=stale", &st, &ttl, &d], now);
+                        }
+                    }
+                    if leader {
+                        let taken = fill.leader_resp.lock().ok().and_then(|mut s| s.take());
+                        if let Some(resp) = taken {
+                            rt.metrics.count(Outcome::Pass);
+                            let st = format!("fwd-status={}", resp.status().as_u16());
+                            return passthrough(resp, &parts.method, &[fwd, &st, "detail=origin-error"]);
+                        }
+                    }
+                    rt.metrics.count(Outcome::Error);
+                    return origin_error_page(&err, fwd);
+                }
+            }
+        }
+    }
+
+    /// Copies a small object found on disk into the memory tier, off the request path.
+    fn promote_later(self: &Arc<Self>, obj: &Arc<Object>) {
+        let BodySource::File { file, len } = &obj.body else { return };
+        if *len > self.store.max_mem_object {
+            return;
+        }
+        let (file, len, meta, edge) = (file.clone(), *len, obj.meta.clone(), self.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len as usize];
+            if file.read_exact_at(&mut buf, 0).is_ok() {
+                edge.store.promote(meta, Bytes::from(buf));
+            }
+        });
+    }
+
+    fn join_or_start(self: Arc<Self>, rt: &Arc<SiteRuntime>, parts: &Parts, host: &str, conn: &ConnInfo, lk: &Lookup, stale: Option<Arc<Object>>) -> (Arc<Fill>, bool) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = inflight.get(&lk.key) {
+            return (f.clone(), false);
+        }
+        let fill = Arc::new(Fill {
+            tx: watch::channel(FillState::Pending).0,
+            leader_resp: Mutex::new(None),
+        });
+        inflight.insert(lk.key, fill.clone());
+        drop(inflight);
+        let req = self.fill_request(parts, rt, host, conn, stale.as_deref());
+        let facts = RequestFacts::of(&parts.method, &parts.headers, &policy::request_directives(&parts.headers));
+        let job = FillJob {
+            rt: rt.clone(),
+            registered_key: lk.key,
+            primary: lk.primary,
+            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            req_headers: parts.headers.clone(),
+            facts,
+            stale,
+            since: self.store.epoch(),
+        };
+        tokio::spawn(self.clone().run_fill(job, req, fill.clone()));
+        (fill, true)
+    }
+
+    fn revalidate_in_background(self: Arc<Self>, rt: &Arc<SiteRuntime>, parts: &Parts, lk: &Lookup, stale: Arc<Object>) {
+        let exists = self.inflight.lock().map(|m| m.contains_key(&lk.key)).unwrap_or(true);
+        if exists {
+            return;
+        }
+        let conn = ConnInfo {
+            remote: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: false,
+            sni: None,
+        };
+        let host = request_host_parts(parts).map(|h| normalize_host(&h).into_owned()).unwrap_or_default();
+        let _ = self.join_or_start(rt, parts, &host, &conn, lk, Some(stale));
+    }
+
+    /// The request a fill sends: the client's, minus conditionals and range (a fill fetches the
+    /// whole representation), plus our own validators when revalidating.
+    fn fill_request(&self, parts: &Parts, rt: &SiteRuntime, host: &str, conn: &ConnInfo, stale: Option<&Object>) -> ForwardRequest {
+        let mut headers = parts.headers.clone();
+        policy::strip_hop_by_hop(&mut headers);
+        for h in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE, header::RANGE] {
+            headers.remove(h);
+        }
+        if let Some(obj) = stale {
+            if let Some(etag) = obj.meta.headers.get(header::ETAG) {
+                headers.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = obj.meta.headers.get(header::LAST_MODIFIED) {
+                headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+        add_forwarding(&mut headers, conn, host);
+        let _ = rt;
+        ForwardRequest {
+            method: Method::GET,
+            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            headers,
+        }
+    }
+
+    async fn run_fill(self: Arc<Self>, job: FillJob, req: ForwardRequest, fill: Arc<Fill>) {
+        let request_time = self.clock.now();
+        let result = send_with_failover(&job.rt, &req, None).await;
+        let response_time = self.clock.now();
+        let finish = |this: &Edge| {
+            let mut m = this.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if m.get(&job.registered_key).is_some_and(|f| Arc::ptr_eq(f, &fill)) {
+                m.remove(&job.registered_key);
+            }
+        };
+        let resp = match result {
+            Err(e) => {
+                fill.tx.send_replace(FillState::Failed(e));
+                finish(&self);
+                return;
+            }
+            Ok(r) => r,
+        };
+        let status = resp.status();
+        if status == StatusCode::NOT_MODIFIED
+            && let Some(old) = &job.stale
+        {
+            let obj = self.freshen(old, resp.headers(), request_time, response_time, &job);
+            fill.tx.send_replace(FillState::Ready { obj, revalidated: true, shareable: true });
+            finish(&self);
+            return;
+        }
+        if status.is_server_error() {
+            let err = UpstreamError::Status {
+                origin: "origin".into(),
+                status,
+            };
+            *fill.leader_resp.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp);
+            fill.tx.send_replace(FillState::Failed(err));
+            finish(&self);
+            return;
+        }
+        let mut headers = resp.headers().clone();
+        policy::strip_hop_by_hop(&mut headers);
+        let decision = policy::storable(job.facts, status, &headers, response_time);
+        let vary = cache::vary_names(&headers);
+        let (fresh, vary) = match (decision, vary) {
+            (Ok(f), Some(v)) => (f, v),
+            (Err(why), _) => return self.release_pass(&job, &fill, resp, why.as_str(), finish),
+            (Ok(_), None) => return self.release_pass(&job, &fill, resp, "vary", finish),
+        };
+        self.pass_marks.remove(&job.registered_key);
+        let key = cache::variant_key(job.primary, &vary, &job.req_headers);
+        let mut meta = Meta {
+            key,
+            primary: job.primary,
+            site: job.rt.site.name.as_str().into(),
+            path: job.path.clone(),
+            status,
+            tags: cache::tags_of(&headers),
+            headers,
+            vary,
+            response_time,
+            initial_age: policy::initial_age(resp.headers(), request_time, response_time),
+            fresh,
+            expires: response_time,
+            body_len: 0,
+        };
+        meta.compute_expires(job.rt.site.grace);
+        let shareable = meta.is_fresh(response_time) && !meta.fresh.no_cache;
+        let expected = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let growing = match Growing::new(expected, self.store.max_mem_object, &self.store.spill_dir()) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open spill file; passing through");
+                return self.release_pass(&job, &fill, resp, "storage", finish);
+            }
+        };
+        if !meta.vary.is_empty() {
+            // Published now so that waiters with another variant look up their own key.
+            self.store.set_vary(job.primary, &meta.vary);
+        }
+        let meta_for_store = meta.clone();
+        let obj = Arc::new(Object {
+            meta: Arc::new(meta),
+            body: BodySource::Growing(growing.clone()),
+        });
+        fill.tx.send_replace(FillState::Ready { obj, revalidated: false, shareable });
+
+        // Stream the body in; this task outlives any client.
+        let timeout = job.rt.origins.first().map(|o| o.origin.response_timeout).unwrap_or(Duration::from_secs(30));
+        let mut body = resp.into_body();
+        let mut total = 0u64;
+        let outcome: Result<(), String> = loop {
+            match tokio::time::timeout(timeout, body.frame()).await {
+                Err(_) => break Err("origin body stalled".into()),
+                Ok(None) => break Ok(()),
+                Ok(Some(Err(e))) => break Err(format!("origin body error: {e}")),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len() as u64;
+                        if let Err(e) = growing.push(data) {
+                            break Err(format!("cache write error: {e}"));
+                        }
+                    }
+                }
+            }
+        };
+        job.rt.metrics.bytes_from_origin.fetch_add(total, Ordering::Relaxed);
+        match outcome {
+            Err(why) => {
+                tracing::warn!(site = %job.rt.site.name, path = %job.path, error = %why, "fill aborted");
+                growing.fail(why);
+            }
+            Ok(()) if expected.is_some_and(|e| e != total) => {
+                growing.fail("origin body shorter than its Content-Length".into());
+            }
+            Ok(()) => match growing.finish() {
+                Ok(filled) => {
+                    if let Some(stored) = self.store.admit(meta_for_store, filled, job.since)
+                        && matches!(stored.body, BodySource::Mem(_))
+                    {
+                        let edge = self.clone();
+                        let since = job.since;
+                        tokio::task::spawn_blocking(move || edge.store.persist(&stored, since));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot complete fill"),
+            },
+        }
+        finish(&self);
+    }
+
+    fn release_pass(&self, job: &FillJob, fill: &Fill, resp: Response<Incoming>, detail: &'static str, finish: impl Fn(&Edge)) {
+        self.pass_marks.insert(job.registered_key, self.clock.now() + PASS_MARK);
+        *fill.leader_resp.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp);
+        fill.tx.send_replace(FillState::Pass { detail });
+        finish(self);
+    }
+
+    /// Merges a 304 into the stored response (RFC 9111 §4.3.4) and stores the result.
+    fn freshen(&self, old: &Arc<Object>, h304: &HeaderMap, request_time: SystemTime, response_time: SystemTime, job: &FillJob) -> Arc<Object> {
+        let mut meta = (*old.meta).clone();
+        let mut incoming = h304.clone();
+        policy::strip_hop_by_hop(&mut incoming);
+        let mut last: Option<HeaderName> = None;
+        for (name, value) in incoming.iter() {
+            if !policy::updatable_on_304(name) {
+                continue;
+            }
+            if last.as_ref() != Some(name) {
+                meta.headers.remove(name);
+                last = Some(name.clone());
+            }
+            meta.headers.append(name.clone(), value.clone());
+        }
+        meta.response_time = response_time;
+        meta.initial_age = policy::initial_age(h304, request_time, response_time);
+        match policy::storable(job.facts, meta.status, &meta.headers, response_time) {
+            Ok(f) => {
+                meta.fresh = f;
+                meta.tags = cache::tags_of(&meta.headers);
+                meta.compute_expires(job.rt.site.grace);
+                match self.store.update_meta(old, meta.clone(), job.since) {
+                    Some(obj) => obj,
+                    None => Arc::new(Object { meta: Arc::new(meta), body: old.body.clone() }),
+                }
+            }
+            Err(_) => {
+                self.store.remove_key(old.meta.key);
+                Arc::new(Object { meta: Arc::new(meta), body: old.body.clone() })
+            }
+        }
+    }
+
+    /// A GET/HEAD sent straight to the origin, not stored.
+    async fn pass_get(&self, parts: Parts, rt: &SiteRuntime, host: &str, conn: &ConnInfo, detail: &str) -> Response<EdgeBody> {
+        let mut headers = parts.headers.clone();
+        policy::strip_hop_by_hop(&mut headers);
+        add_forwarding(&mut headers, conn, host);
+        let req = ForwardRequest {
+            method: parts.method.clone(),
+            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            headers,
+        };
+        match send_with_failover(rt, &req, None).await {
+            Ok(resp) => {
+                rt.metrics.count(Outcome::Pass);
+                let st = format!("fwd-status={}", resp.status().as_u16());
+                passthrough(resp, &parts.method, &["fwd=miss", &st, detail])
+            }
+            Err(e) => {
+                rt.metrics.count(Outcome::Error);
+                origin_error_page(&e, "fwd=miss")
+            }
+        }
+    }
+
+    /// Non-GET methods: passed through with their body (bounded), never retried on another
+    /// origin once sent; a success invalidates the URL and its Location/Content-Location.
+    async fn pass_unsafe(&self, req: Request<Incoming>, rt: &SiteRuntime, host: &str, conn: &ConnInfo) -> Response<EdgeBody> {
+        let limit = rt.site.max_body_bytes;
+        if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+            && len > limit
+        {
+            rt.metrics.count(Outcome::Error);
+            return error_page(StatusCode::PAYLOAD_TOO_LARGE, "Requête trop volumineuse", "The request body is larger than this site accepts.", &["fwd=method", "detail=body-too-large"]);
+        }
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers.clone();
+        policy::strip_hop_by_hop(&mut headers);
+        add_forwarding(&mut headers, conn, host);
+        let fwd = ForwardRequest {
+            method: parts.method.clone(),
+            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            headers,
+        };
+        let body: UpBody = http_body_util::Limited::new(body, limit as usize).boxed_unsync();
+        match send_with_failover(rt, &fwd, Some(body)).await {
+            Ok(resp) => {
+                let st = resp.status();
+                if (st.is_success() || st.is_redirection()) && !parts.method.is_safe() {
+                    self.invalidate_after_unsafe(rt, host, &fwd.path, resp.headers());
+                }
+                rt.metrics.count(Outcome::Pass);
+                let s = format!("fwd-status={}", st.as_u16());
+                passthrough(resp, &parts.method, &["fwd=method", &s])
+            }
+            Err(e) => {
+                rt.metrics.count(Outcome::Error);
+                origin_error_page(&e, "fwd=method")
+            }
+        }
+    }
+
+    fn invalidate_after_unsafe(&self, rt: &SiteRuntime, host: &str, path: &str, resp: &HeaderMap) {
+        let site: Arc<str> = rt.site.name.as_str().into();
+        let mut targets = vec![path.to_owned()];
+        for h in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(v) = resp.get(&h).and_then(|v| v.to_str().ok()) {
+                match v.parse::<http::Uri>() {
+                    Ok(u) if u.host().is_none() && v.starts_with('/') => targets.push(v.to_owned()),
+                    Ok(u) if u.host().is_some_and(|h| h.eq_ignore_ascii_case(host)) => {
+                        if let Some(pq) = u.path_and_query() {
+                            targets.push(pq.as_str().to_owned());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for t in targets {
+            let primary = cache::primary_key(&site, host, &t);
+            self.store.purge(&PurgeTarget::Url { site: site.clone(), primary });
+        }
+    }
+
+    /// Builds a response from a stored (or growing) object: conditionals, ranges, HEAD.
+    fn respond(&self, parts: &Parts, obj: &Arc<Object>, status_params: &[&str], now: SystemTime) -> Response<EdgeBody> {
+        let m = &obj.meta;
+        let mut headers = m.headers.clone();
+        headers.remove(&policy::RELAIS_CACHE_CONTROL);
+        headers.insert(header::AGE, HeaderValue::from(m.current_age(now).as_secs()));
+        headers.append(CACHE_STATUS.clone(), cache_status(status_params));
+        let head = parts.method == Method::HEAD;
+
+        if m.status == StatusCode::OK && not_modified(&parts.headers, &m.headers) {
+            let mut resp = Response::new(EdgeBody::Empty);
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [header::CACHE_CONTROL, header::CONTENT_LOCATION, header::DATE, header::ETAG, header::EXPIRES, header::VARY, header::LAST_MODIFIED, header::AGE] {
+                for v in headers.get_all(&name) {
+                    resp.headers_mut().append(name.clone(), v.clone());
+                }
+            }
+            for v in headers.get_all(&CACHE_STATUS) {
+                resp.headers_mut().append(CACHE_STATUS.clone(), v.clone());
+            }
+            return resp;
+        }
+
+        let len = obj.body.len();
+        if m.status == StatusCode::OK && parts.headers.contains_key(header::RANGE) {
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if let Some(len) = len {
+                match range::decide(&parts.headers, len, &m.headers) {
+                    RangeDecision::Full => {}
+                    RangeDecision::Unsatisfiable => {
+                        let mut resp = Response::new(EdgeBody::Empty);
+                        *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                        resp.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes */{len}")));
+                        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                        resp.headers_mut().append(CACHE_STATUS.clone(), cache_status(status_params));
+                        return resp;
+                    }
+                    RangeDecision::Partial(spans) if spans.len() == 1 => {
+                        let (s, e) = spans[0];
+                        headers.insert(header::CONTENT_RANGE, hv(&format!("bytes {}-{}/{}", s, e - 1, len)));
+                        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(e - s));
+                        let body = if head { EdgeBody::Empty } else { EdgeBody::Stream(obj.body.stream(s, Some(e))) };
+                        let mut resp = Response::new(body);
+                        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+                        *resp.headers_mut() = headers;
+                        return resp;
+                    }
+                    RangeDecision::Partial(spans) => {
+                        let ct = m.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                        let mp = Multipart::new(&spans, len, ct, m.key ^ now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+                        headers.insert(header::CONTENT_TYPE, hv(&format!("multipart/byteranges; boundary={}", mp.boundary)));
+                        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(mp.content_length(&spans)));
+                        let body = if head {
+                            EdgeBody::Empty
+                        } else {
+                            let mut parts_streams = Vec::new();
+                            for (h, (s, e)) in mp.heads.iter().zip(spans.iter()) {
+                                let head_bytes = Bytes::from(h.clone());
+                                parts_streams.push(futures_util::stream::once(async move { Ok(head_bytes) }).boxed());
+                                parts_streams.push(obj.body.stream(*s, Some(*e)));
+                            }
+                            let tail = Bytes::from(mp.tail.clone());
+                            parts_streams.push(futures_util::stream::once(async move { Ok(tail) }).boxed());
+                            EdgeBody::Stream(futures_util::stream::iter(parts_streams).flatten().boxed())
+                        };
+                        let mut resp = Response::new(body);
+                        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+                        *resp.headers_mut() = headers;
+                        return resp;
+                    }
+                }
+            }
+        }
+        match len {
+            Some(l) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(l));
+            }
+            None => {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+        }
+        let body = if head {
+            EdgeBody::Empty
+        } else {
+            match &obj.body {
+                BodySource::Mem(b) => EdgeBody::Full(Some(b.clone())),
+                other => EdgeBody::Stream(other.stream(0, None)),
+            }
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = m.status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+
+    /// Renders Prometheus metrics.
+    pub fn render_metrics(&self) -> String {
+        let snap = self.snapshot.load();
+        let sites: Vec<(&str, &SiteMetrics)> = snap.sites.iter().map(|s| (s.site.name.as_str(), &*s.metrics)).collect();
+        let origins = snap
+            .sites
+            .iter()
+            .flat_map(|s| s.origins.iter().map(move |o| (s.site.name.as_str(), o.name.as_str(), &**o)))
+            .collect();
+        crate::metrics::render(crate::metrics::Render {
+            edge: &self.metrics,
+            sites,
+            origins,
+            store: &self.store,
+        })
+    }
+
+    /// Applies a purge for a site by name.
+    pub fn purge(&self, target: &PurgeTarget) -> usize {
+        self.store.purge(target)
+    }
+}
+
+fn unreachable_pending() -> Response<EdgeBody> {
+    error_page(StatusCode::INTERNAL_SERVER_ERROR, "Erreur interne", "Internal error.", &["detail=internal"])
+}
+
+struct FillJob {
+    rt: Arc<SiteRuntime>,
+    registered_key: Key,
+    primary: Key,
+    path: String,
+    req_headers: HeaderMap,
+    facts: RequestFacts,
+    stale: Option<Arc<Object>>,
+    since: u64,
+}
+
+struct ForwardRequest {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
+async fn wait_ready(fill: &Fill) -> FillState {
+    let mut rx = fill.tx.subscribe();
+    loop {
+        {
+            let st = rx.borrow_and_update();
+            if !matches!(*st, FillState::Pending) {
+                return st.clone();
+            }
+        }
+        if rx.changed().await.is_err() {
+            return FillState::Failed(UpstreamError::Protocol {
+                origin: "origin".into(),
+                detail: "fill abandoned".into(),
+            });
+        }
+    }
+}
+
+/// Sends a request to the site's origins in order; GET/HEAD (no body) fail over to the next
+/// origin on connection errors, timeouts and 5xx.
+async fn send_with_failover(rt: &SiteRuntime, req: &ForwardRequest, body: Option<UpBody>) -> Result<Response<Incoming>, UpstreamError> {
+    let plan = upstream::plan(&rt.origins);
+    if plan.is_empty() {
+        return Err(UpstreamError::Unavailable { site: rt.site.name.clone() });
+    }
+    let retryable = body.is_none();
+    let mut body = body;
+    let mut last_err = None;
+    let n = plan.len();
+    for (i, origin) in plan.into_iter().enumerate().take(3) {
+        let uri = origin.uri_for(&req.path).map_err(|e| UpstreamError::Protocol {
+            origin: origin.name.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut b = Request::builder().method(req.method.clone()).uri(uri);
+        if let Some(h) = b.headers_mut() {
+            *h = req.headers.clone();
+            if let Some(host) = &origin.origin.host {
+                h.insert(header::HOST, hv(host));
+            }
+        }
+        let this_body = body.take().unwrap_or_else(upstream::empty_body);
+        let Ok(request) = b.body(this_body) else {
+            return Err(UpstreamError::Protocol {
+                origin: origin.name.clone(),
+                detail: "cannot build the origin request".into(),
+            });
+        };
+        match origin.send(request).await {
+            Ok(resp) if resp.status().is_server_error() && retryable && i + 1 < n => {
+                last_err = Some(UpstreamError::Status {
+                    origin: origin.name.clone(),
+                    status: resp.status(),
+                });
+            }
+            Ok(resp) => return Ok(resp),
+            Err(e) => {
+                tracing::debug!(error = %e, "origin request failed");
+                if !retryable {
+                    return Err(e);
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or(UpstreamError::Unavailable { site: rt.site.name.clone() }))
+}
+
+fn passthrough(resp: Response<Incoming>, method: &Method, params: &[&str]) -> Response<EdgeBody> {
+    let (mut parts, body) = resp.into_parts();
+    policy::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(&policy::RELAIS_CACHE_CONTROL);
+    parts.headers.append(CACHE_STATUS.clone(), cache_status(params));
+    let body = if *method == Method::HEAD { EdgeBody::Empty } else { EdgeBody::Upstream(body) };
+    Response::from_parts(parts, body)
+}
+
+fn origin_error_page(e: &UpstreamError, fwd: &str) -> Response<EdgeBody> {
+    let status = e.status();
+    let detail = format!("detail={}", e.detail());
+    let (fr, en) = match e {
+        UpstreamError::Timeout { .. } => ("Le serveur d'origine ne répond pas à temps", "The origin server did not answer in time. Please try again shortly."),
+        UpstreamError::Unavailable { .. } => ("Le site est momentanément indisponible", "The origin servers of this site are unavailable. Please try again shortly."),
+        _ => ("Le serveur d'origine est injoignable", "The origin server could not be reached. Please try again shortly."),
+    };
+    let mut resp = error_page(status, fr, en, &[fwd, &detail]);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    resp
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn add_forwarding(h: &mut HeaderMap, conn: &ConnInfo, host: &str) {
+    let ip = conn.remote.ip().to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    h.insert(X_FORWARDED_FOR.clone(), hv(&xff));
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    h.insert(X_FORWARDED_HOST.clone(), hv(host));
+    h.append(header::VIA, HeaderValue::from_static("1.1 relais"));
+    // Requests reaching the origin over HTTP/1.1 need a Host even if the client spoke HTTP/2.
+    if !h.contains_key(header::HOST) {
+        h.insert(header::HOST, hv(host));
+    }
+}
+
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+}
+
+fn request_host_parts(parts: &Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+}
+
+/// Phase 1: refuses what must never reach an origin.
+fn validate(req: &Request<Incoming>, cfg: &Config) -> Result<(), Box<Response<EdgeBody>>> {
+    let bad = |fr: &str, en: &str, status: StatusCode| Err(Box::new(error_page(status, fr, en, &["detail=bad-request"])));
+    let pq_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    if pq_len > cfg.limits.max_uri_bytes {
+        return bad("Adresse trop longue", "The request URI is too long.", StatusCode::URI_TOO_LONG);
+    }
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return bad("Requête ambiguë", "Content-Length and Transfer-Encoding must not both be present.", StatusCode::BAD_REQUEST);
+    }
+    let hosts = h.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return bad("Requête invalide", "Several Host headers were sent.", StatusCode::BAD_REQUEST);
+    }
+    if req.version() == http::Version::HTTP_11 && hosts == 0 && req.uri().authority().is_none() {
+        return bad("Requête invalide", "HTTP/1.1 requests need a Host header.", StatusCode::BAD_REQUEST);
+    }
+    if let (Some(a), Some(hh)) = (req.uri().authority(), h.get(header::HOST))
+        && !hh.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
+        && req.version() != http::Version::HTTP_2
+    {
+        return bad("Requête invalide", "The Host header does not match the request target.", StatusCode::BAD_REQUEST);
+    }
+    if let Some(host) = request_host(req)
+        && (host.is_empty() || host.len() > 255 || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)))
+    {
+        return bad("Requête invalide", "The Host header is not a valid host name.", StatusCode::BAD_REQUEST);
+    }
+    if !req.uri().path().starts_with('/') && req.method() != Method::OPTIONS {
+        return bad("Requête invalide", "The request target must start with '/'.", StatusCode::BAD_REQUEST);
+    }
+    Ok(())
+}
+
+/// RFC 9110 §13.1.2 / §13.1.3, evaluated against a stored 200.
+fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else { return false };
+        let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+        let ours = weak(etag);
+        return inm.trim() == "*" || inm.split(',').any(|t| weak(t) == ours);
+    }
+    if let Some(ims) = req.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok()) {
+        let lm = stored
+            .get(header::LAST_MODIFIED)
+            .or_else(|| stored.get(header::DATE))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        return lm.is_some_and(|lm| lm <= ims);
+    }
+    false
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,95 @@
+//! What the edge sends to clients: one body type for every source (memory, file, growing fill,
+//! origin passthrough), RFC 9211 `Cache-Status` values, and the edge's own error pages.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, Stream};
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::BoxError;
+
+/// The `Cache-Status` cache name.
+pub const CACHE_NAME: &str = "relais";
+pub static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+/// A response body from any source.
+pub enum EdgeBody {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(BoxStream<'static, io::Result<Bytes>>),
+    Upstream(Incoming),
+}
+
+impl Body for EdgeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            EdgeBody::Empty => Poll::Ready(None),
+            EdgeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            EdgeBody::Stream(s) => match Pin::new(s).poll_next(cx) {
+                Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            EdgeBody::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            EdgeBody::Empty => true,
+            EdgeBody::Full(b) => b.is_none(),
+            EdgeBody::Stream(_) => false,
+            EdgeBody::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            EdgeBody::Empty => SizeHint::with_exact(0),
+            EdgeBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            EdgeBody::Stream(_) => SizeHint::default(),
+            EdgeBody::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Builds a `Cache-Status` member: `relais; hit; ttl=30`.
+pub fn cache_status(params: &[&str]) -> HeaderValue {
+    let mut s = String::with_capacity(48);
+    s.push_str(CACHE_NAME);
+    for p in params {
+        s.push_str("; ");
+        s.push_str(p);
+    }
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("relais"))
+}
+
+/// An edge-generated error page: short, bilingual, no internals.
+pub fn error_page(status: StatusCode, fr: &str, en: &str, cache_status_params: &[&str]) -> Response<EdgeBody> {
+    let body = format!(
+        "<!doctype html>\n<html lang=\"fr\"><head><meta charset=\"utf-8\"><title>{code} — Relais</title></head>\n\
+         <body><main><h1>{code} — {fr}</h1>\n<p lang=\"en\">{en}</p></main></body></html>\n",
+        code = status.as_u16(),
+    );
+    let mut resp = Response::new(EdgeBody::Full(Some(Bytes::from(body))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(CACHE_STATUS.clone(), cache_status(cache_status_params));
+    resp
+}
