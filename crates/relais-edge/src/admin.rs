@@ -23,7 +23,12 @@ use crate::proxy::Edge;
 /// Re-reads the configuration from wherever it came from; returns the new generation.
 pub type ReloadHook = Arc<dyn Fn() -> Result<u64, String> + Send + Sync>;
 
-pub async fn serve(listener: TcpListener, edge: Arc<Edge>, reload: Option<ReloadHook>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    reload: Option<ReloadHook>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -51,12 +56,18 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, reload: Option<Reload
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string() + "\n")));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn err(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json(status, serde_json::json!({ "code": code, "message": message }))
+    json(
+        status,
+        serde_json::json!({ "code": code, "message": message }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -70,12 +81,19 @@ struct PurgeBody {
     all: bool,
 }
 
-async fn handle(req: Request<Incoming>, edge: &Edge, reload: Option<&ReloadHook>) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    edge: &Edge,
+    reload: Option<&ReloadHook>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(edge.render_metrics())));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
         (Method::GET, "/healthz") => Response::new(Full::new(Bytes::from_static(b"ok\n"))),
@@ -92,7 +110,11 @@ async fn handle(req: Request<Incoming>, edge: &Edge, reload: Option<&ReloadHook>
                     })
                 })
                 .collect();
-            let last = edge.last_reload_error.lock().map(|l| l.clone()).unwrap_or(None);
+            let last = edge
+                .last_reload_error
+                .lock()
+                .map(|l| l.clone())
+                .unwrap_or(None);
             json(
                 StatusCode::OK,
                 serde_json::json!({
@@ -116,12 +138,20 @@ async fn handle(req: Request<Incoming>, edge: &Edge, reload: Option<&ReloadHook>
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .is_some_and(|g| g.trim() == secret);
                 if !ok {
-                    return err(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token with the purge secret is required");
+                    return err(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "a bearer token with the purge secret is required",
+                    );
                 }
             }
             if path == "/reload" {
                 return match reload {
-                    None => err(StatusCode::NOT_IMPLEMENTED, "no_config_file", "this edge was started without a configuration file"),
+                    None => err(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "no_config_file",
+                        "this edge was started without a configuration file",
+                    ),
                     Some(hook) => match hook() {
                         Ok(g) => json(StatusCode::OK, serde_json::json!({ "generation": g })),
                         Err(e) => err(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", &e),
@@ -130,7 +160,13 @@ async fn handle(req: Request<Incoming>, edge: &Edge, reload: Option<&ReloadHook>
             }
             let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => return err(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the purge request is larger than 64 KiB"),
+                Err(_) => {
+                    return err(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "the purge request is larger than 64 KiB",
+                    );
+                }
             };
             let p: PurgeBody = match serde_json::from_slice(&body) {
                 Ok(p) => p,
@@ -138,23 +174,48 @@ async fn handle(req: Request<Incoming>, edge: &Edge, reload: Option<&ReloadHook>
             };
             let snap = edge.snapshot();
             let Some(site) = snap.config.site_by_name(&p.site) else {
-                return err(StatusCode::NOT_FOUND, "unknown_site", "no site has that name");
+                return err(
+                    StatusCode::NOT_FOUND,
+                    "unknown_site",
+                    "no site has that name",
+                );
             };
             let name: Arc<str> = site.name.as_str().into();
             let target = match (p.url, p.prefix, p.tag, p.all) {
                 (Some(url), None, None, false) => {
                     let Ok(u) = url.parse::<http::Uri>() else {
-                        return err(StatusCode::BAD_REQUEST, "invalid_url", "url must be absolute, like https://www.example.fr/page");
+                        return err(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_url",
+                            "url must be absolute, like https://www.example.fr/page",
+                        );
                     };
                     let (Some(host), Some(pq)) = (u.host(), u.path_and_query()) else {
-                        return err(StatusCode::BAD_REQUEST, "invalid_url", "url must be absolute, like https://www.example.fr/page");
+                        return err(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_url",
+                            "url must be absolute, like https://www.example.fr/page",
+                        );
                     };
-                    PurgeTarget::Url { site: name, primary: cache::primary_key(&site.name, &normalize_host(host), pq.as_str()) }
+                    PurgeTarget::Url {
+                        site: name,
+                        primary: cache::primary_key(&site.name, &normalize_host(host), pq.as_str()),
+                    }
                 }
-                (None, Some(prefix), None, false) if prefix.starts_with('/') => PurgeTarget::Prefix { site: name, prefix },
-                (None, None, Some(tag), false) if !tag.is_empty() => PurgeTarget::Tag { site: name, tag },
+                (None, Some(prefix), None, false) if prefix.starts_with('/') => {
+                    PurgeTarget::Prefix { site: name, prefix }
+                }
+                (None, None, Some(tag), false) if !tag.is_empty() => {
+                    PurgeTarget::Tag { site: name, tag }
+                }
                 (None, None, None, true) => PurgeTarget::Site { site: name },
-                _ => return err(StatusCode::BAD_REQUEST, "invalid_target", "give exactly one of url, prefix (starting with /), tag, or all=true"),
+                _ => {
+                    return err(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_target",
+                        "give exactly one of url, prefix (starting with /), tag, or all=true",
+                    );
+                }
             };
             let n = edge.purge(&target);
             if let Some(rt) = snap.sites.get(site.index) {

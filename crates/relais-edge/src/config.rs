@@ -130,7 +130,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_bytes(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::S(s) => parse_bytes(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -138,9 +140,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// Parses `"256MiB"`, `"10GB"`, `"512k"`, `"42"` into bytes.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -160,9 +160,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// Parses `"500ms"`, `"2s"`, `"5m"`, `"24h"`, `"7d"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -371,47 +369,73 @@ impl Config {
                     format!("unsupported version {v}, this build reads version {CONFIG_VERSION}"),
                 ));
             }
-            None => return Err(invalid("version", format!("missing; write `version = {CONFIG_VERSION}`"))),
+            None => {
+                return Err(invalid(
+                    "version",
+                    format!("missing; write `version = {CONFIG_VERSION}`"),
+                ));
+            }
         }
         let addrs = |field: &str, list: &[String]| -> Result<Vec<SocketAddr>, ConfigError> {
             list.iter()
                 .enumerate()
                 .map(|(i, a)| {
-                    a.parse()
-                        .map_err(|_| invalid(format!("{field}[{i}]"), format!("{a:?} is not an address like \"127.0.0.1:8080\"")))
+                    a.parse().map_err(|_| {
+                        invalid(
+                            format!("{field}[{i}]"),
+                            format!("{a:?} is not an address like \"127.0.0.1:8080\""),
+                        )
+                    })
                 })
                 .collect()
         };
         let listen = addrs("edge.listen", &file.edge.listen)?;
         let listen_tls = addrs("edge.listen_tls", &file.edge.listen_tls)?;
         if listen.is_empty() && listen_tls.is_empty() {
-            return Err(invalid("edge.listen", "at least one listen or listen_tls address is required"));
+            return Err(invalid(
+                "edge.listen",
+                "at least one listen or listen_tls address is required",
+            ));
         }
         let admin = match &file.edge.admin {
-            Some(a) => Some(a.parse().map_err(|_| invalid("edge.admin", format!("{a:?} is not an address")))?),
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|_| invalid("edge.admin", format!("{a:?} is not an address")))?,
+            ),
             None => None,
         };
         if let Some(s) = &file.edge.purge_secret
             && s.len() < 16
         {
-            return Err(invalid("edge.purge_secret", "must be at least 16 characters"));
+            return Err(invalid(
+                "edge.purge_secret",
+                "must be at least 16 characters",
+            ));
         }
         let mut limits = Limits::default();
         if let Some(t) = &file.edge.client_header_timeout {
-            limits.header_timeout = parse_duration(t).map_err(|m| invalid("edge.client_header_timeout", m))?;
+            limits.header_timeout =
+                parse_duration(t).map_err(|m| invalid("edge.client_header_timeout", m))?;
         }
         if let Some(t) = &file.edge.client_idle_timeout {
-            limits.idle_timeout = parse_duration(t).map_err(|m| invalid("edge.client_idle_timeout", m))?;
+            limits.idle_timeout =
+                parse_duration(t).map_err(|m| invalid("edge.client_idle_timeout", m))?;
         }
         if let Some(b) = file.edge.max_header_bytes {
             if !(1024..=1 << 20).contains(&b.0) {
-                return Err(invalid("edge.max_header_bytes", "must be between 1KiB and 1MiB"));
+                return Err(invalid(
+                    "edge.max_header_bytes",
+                    "must be between 1KiB and 1MiB",
+                ));
             }
             limits.max_header_bytes = b.0 as usize;
         }
         if let Some(b) = file.edge.max_uri_bytes {
             if !(256..=1 << 20).contains(&b.0) {
-                return Err(invalid("edge.max_uri_bytes", "must be between 256B and 1MiB"));
+                return Err(invalid(
+                    "edge.max_uri_bytes",
+                    "must be between 256B and 1MiB",
+                ));
             }
             limits.max_uri_bytes = b.0 as usize;
         }
@@ -452,7 +476,11 @@ impl Config {
                     routes.catch_all.replace(i)
                 } else if let Some(suffix) = host.strip_prefix("*.") {
                     let s = format!(".{suffix}");
-                    let prev = routes.wildcard.iter().find(|(w, _)| *w == s).map(|(_, i)| *i);
+                    let prev = routes
+                        .wildcard
+                        .iter()
+                        .find(|(w, _)| *w == s)
+                        .map(|(_, i)| *i);
                     if prev.is_none() {
                         routes.wildcard.push((s, i));
                     }
@@ -461,14 +489,22 @@ impl Config {
                     routes.exact.insert(host.clone(), i)
                 };
                 if let Some(prev) = dup {
-                    return Err(invalid(hf, format!("host {host:?} is already served by site[{prev}]")));
+                    return Err(invalid(
+                        hf,
+                        format!("host {host:?} is already served by site[{prev}]"),
+                    ));
                 }
             }
             sites.push(Arc::new(site));
         }
-        routes.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        routes
+            .wildcard
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         if !listen_tls.is_empty() && !sites.iter().any(|s| s.tls.is_some()) {
-            return Err(invalid("edge.listen_tls", "a TLS listener needs at least one site with [site.tls]"));
+            return Err(invalid(
+                "edge.listen_tls",
+                "a TLS listener needs at least one site with [site.tls]",
+            ));
         }
         Ok(Config {
             listen,
@@ -523,23 +559,39 @@ fn valid_host_name(h: &str) -> bool {
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
         })
 }
 
 fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, ConfigError> {
-    if fs.name.is_empty() || !fs.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-        return Err(invalid(format!("{field}.name"), "use letters, digits, '-', '_' or '.'"));
+    if fs.name.is_empty()
+        || !fs
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(invalid(
+            format!("{field}.name"),
+            "use letters, digits, '-', '_' or '.'",
+        ));
     }
     if fs.hosts.is_empty() {
-        return Err(invalid(format!("{field}.hosts"), "at least one host name is required"));
+        return Err(invalid(
+            format!("{field}.hosts"),
+            "at least one host name is required",
+        ));
     }
     let mut hosts = Vec::new();
     for (h, host) in fs.hosts.iter().enumerate() {
         let host = host.trim().to_ascii_lowercase();
         if host != "*" && !valid_host_name(&host) {
-            return Err(invalid(format!("{field}.hosts[{h}]"), format!("{host:?} is not a host name")));
+            return Err(invalid(
+                format!("{field}.hosts[{h}]"),
+                format!("{host:?} is not a host name"),
+            ));
         }
         hosts.push(host);
     }
@@ -548,14 +600,20 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         None => Duration::from_secs(24 * 3600),
     };
     if fs.origins.is_empty() {
-        return Err(invalid(format!("{field}.origin"), "at least one [[site.origin]] is required"));
+        return Err(invalid(
+            format!("{field}.origin"),
+            "at least one [[site.origin]] is required",
+        ));
     }
     let mut origins = Vec::new();
     for (o, fo) in fs.origins.into_iter().enumerate() {
         let of = format!("{field}.origin[{o}]");
         origins.push(validate_origin(fo, &of)?);
     }
-    let tls = fs.tls.map(|t| SiteTls { cert: t.cert, key: t.key });
+    let tls = fs.tls.map(|t| SiteTls {
+        cert: t.cert,
+        key: t.key,
+    });
     Ok(Site {
         index,
         name: fs.name,
@@ -574,33 +632,56 @@ fn validate_origin(fo: FileOrigin, field: &str) -> Result<Origin, ConfigError> {
         .map_err(|_| invalid(format!("{field}.url"), format!("{:?} is not a URL", fo.url)))?;
     match url.scheme() {
         Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => {}
-        _ => return Err(invalid(format!("{field}.url"), "must start with http:// or https://")),
+        _ => {
+            return Err(invalid(
+                format!("{field}.url"),
+                "must start with http:// or https://",
+            ));
+        }
     }
     if url.host().is_none() {
         return Err(invalid(format!("{field}.url"), "has no host"));
     }
     if url.path() != "/" && !url.path().is_empty() {
-        return Err(invalid(format!("{field}.url"), "must not have a path (the client's path is kept)"));
+        return Err(invalid(
+            format!("{field}.url"),
+            "must not have a path (the client's path is kept)",
+        ));
     }
-    let dur = |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-        match v {
-            Some(s) => {
-                let d = parse_duration(s).map_err(|m| invalid(format!("{field}.{name}"), m))?;
-                if d.is_zero() {
-                    return Err(invalid(format!("{field}.{name}"), "must be greater than zero"));
+    let dur =
+        |name: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                Some(s) => {
+                    let d = parse_duration(s).map_err(|m| invalid(format!("{field}.{name}"), m))?;
+                    if d.is_zero() {
+                        return Err(invalid(
+                            format!("{field}.{name}"),
+                            "must be greater than zero",
+                        ));
+                    }
+                    Ok(d)
                 }
-                Ok(d)
+                None => Ok(default),
             }
-            None => Ok(default),
-        }
-    };
-    let connect_timeout = dur("connect_timeout", &fo.connect_timeout, Duration::from_secs(3))?;
-    let response_timeout = dur("response_timeout", &fo.response_timeout, Duration::from_secs(30))?;
+        };
+    let connect_timeout = dur(
+        "connect_timeout",
+        &fo.connect_timeout,
+        Duration::from_secs(3),
+    )?;
+    let response_timeout = dur(
+        "response_timeout",
+        &fo.response_timeout,
+        Duration::from_secs(30),
+    )?;
     let mut health = Health::default();
     if let Some(h) = fo.health {
         if let Some(p) = h.path {
             if !p.starts_with('/') {
-                return Err(invalid(format!("{field}.health.path"), "must start with '/'"));
+                return Err(invalid(
+                    format!("{field}.health.path"),
+                    "must start with '/'",
+                ));
             }
             health.path = p;
         }
@@ -616,7 +697,10 @@ fn validate_origin(fo: FileOrigin, field: &str) -> Result<Origin, ConfigError> {
     if let Some(host) = &fo.host
         && !valid_host_name(&normalize_host(host))
     {
-        return Err(invalid(format!("{field}.host"), format!("{host:?} is not a host name")));
+        return Err(invalid(
+            format!("{field}.host"),
+            format!("{host:?} is not a host name"),
+        ));
     }
     Ok(Origin {
         url,
@@ -661,10 +745,22 @@ host = "origin.example"
         let c = Config::parse(GOOD, "t").expect("valid");
         assert_eq!(c.sites.len(), 2);
         assert_eq!(c.sites[0].grace, Duration::from_secs(7200));
-        assert_eq!(c.route("www.mairie.example").map(|s| s.name.as_str()), Some("mairie"));
-        assert_eq!(c.route("WWW.Mairie.Example.:8080").map(|s| s.name.as_str()), Some("mairie"));
-        assert_eq!(c.route("static.mairie.example").map(|s| s.name.as_str()), Some("mairie"));
-        assert_eq!(c.route("mairie.example").map(|s| s.name.as_str()), Some("other"));
+        assert_eq!(
+            c.route("www.mairie.example").map(|s| s.name.as_str()),
+            Some("mairie")
+        );
+        assert_eq!(
+            c.route("WWW.Mairie.Example.:8080").map(|s| s.name.as_str()),
+            Some("mairie")
+        );
+        assert_eq!(
+            c.route("static.mairie.example").map(|s| s.name.as_str()),
+            Some("mairie")
+        );
+        assert_eq!(
+            c.route("mairie.example").map(|s| s.name.as_str()),
+            Some("other")
+        );
         assert_eq!(c.route("anything").map(|s| s.name.as_str()), Some("other"));
     }
 
@@ -672,11 +768,26 @@ host = "origin.example"
     fn errors_name_the_field() {
         let cases = [
             (GOOD.replace("version = 1", "version = 7"), "version"),
-            (GOOD.replace("http://127.0.0.1:9000", "ftp://x"), "site[0].origin[0].url"),
-            (GOOD.replace("grace = \"2h\"", "grace = \"2 fortnights\""), "site[0].grace"),
-            (GOOD.replace("\"*\"", "\"www.mairie.example\""), "site[1].hosts[0]"),
-            (GOOD.replace("name = \"other\"", "name = \"mairie\""), "site[1].name"),
-            (GOOD.replace("127.0.0.1:8080", "localhost"), "edge.listen[0]"),
+            (
+                GOOD.replace("http://127.0.0.1:9000", "ftp://x"),
+                "site[0].origin[0].url",
+            ),
+            (
+                GOOD.replace("grace = \"2h\"", "grace = \"2 fortnights\""),
+                "site[0].grace",
+            ),
+            (
+                GOOD.replace("\"*\"", "\"www.mairie.example\""),
+                "site[1].hosts[0]",
+            ),
+            (
+                GOOD.replace("name = \"other\"", "name = \"mairie\""),
+                "site[1].name",
+            ),
+            (
+                GOOD.replace("127.0.0.1:8080", "localhost"),
+                "edge.listen[0]",
+            ),
         ];
         for (text, field) in cases {
             match Config::parse(&text, "t") {
@@ -684,8 +795,11 @@ host = "origin.example"
                 other => panic!("expected invalid {field}, got {other:?}"),
             }
         }
-        let err = Config::parse("version = 1\n[edge]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n", "relais.toml")
-            .expect_err("unknown field");
+        let err = Config::parse(
+            "version = 1\n[edge]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n",
+            "relais.toml",
+        )
+        .expect_err("unknown field");
         assert!(err.to_string().contains("bogus"), "{err}");
         assert!(err.to_string().starts_with("relais.toml"), "{err}");
     }

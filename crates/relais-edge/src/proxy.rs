@@ -42,7 +42,8 @@ use crate::upstream::{self, OriginState, UpBody, UpstreamError, Upstreams};
 /// How long a URL whose response was not storable skips request coalescing.
 const PASS_MARK: Duration = Duration::from_secs(120);
 
-static PURGE: std::sync::LazyLock<Method> = std::sync::LazyLock::new(|| Method::from_bytes(b"PURGE").unwrap_or(Method::DELETE));
+static PURGE: std::sync::LazyLock<Method> =
+    std::sync::LazyLock::new(|| Method::from_bytes(b"PURGE").unwrap_or(Method::DELETE));
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -78,7 +79,9 @@ pub struct EdgeOptions {
 
 impl Default for EdgeOptions {
     fn default() -> Self {
-        Self { active_health_checks: true }
+        Self {
+            active_health_checks: true,
+        }
     }
 }
 
@@ -95,9 +98,15 @@ enum FillState {
     Pending,
     /// Headers are in; the body streams from `obj`. `shareable` is false when the response is
     /// stored only for use when origins fail (not fresh on arrival): waiters then fetch alone.
-    Ready { obj: Arc<Object>, revalidated: bool, shareable: bool },
+    Ready {
+        obj: Arc<Object>,
+        revalidated: bool,
+        shareable: bool,
+    },
     /// Not storable: the leader takes the response; waiters make their own requests.
-    Pass { detail: &'static str },
+    Pass {
+        detail: &'static str,
+    },
     Failed(UpstreamError),
 }
 
@@ -131,7 +140,11 @@ struct Lookup {
 }
 
 impl Edge {
-    pub fn new(config: Config, clock: SharedClock, options: EdgeOptions) -> Result<Arc<Edge>, EdgeError> {
+    pub fn new(
+        config: Config,
+        clock: SharedClock,
+        options: EdgeOptions,
+    ) -> Result<Arc<Edge>, EdgeError> {
         let store = Store::open(&config.cache)?;
         let certs = Arc::new(CertStore::default());
         let edge = Arc::new(Edge {
@@ -171,11 +184,18 @@ impl Edge {
         let mut sites = Vec::with_capacity(config.sites.len());
         let mut all_origins = Vec::new();
         {
-            let mut sm = self.site_metrics.lock().map_err(|_| "metrics table poisoned".to_string())?;
+            let mut sm = self
+                .site_metrics
+                .lock()
+                .map_err(|_| "metrics table poisoned".to_string())?;
             for site in &config.sites {
                 let origins = self
                     .upstreams
-                    .resolve(&site.origins, &self.clock, self.options.active_health_checks)
+                    .resolve(
+                        &site.origins,
+                        &self.clock,
+                        self.options.active_health_checks,
+                    )
                     .map_err(|e| format!("site {}: {e}", site.name))?;
                 all_origins.extend(origins.iter().cloned());
                 let metrics = sm.entry(site.name.clone()).or_default().clone();
@@ -189,11 +209,16 @@ impl Edge {
         }
         let old = self.snapshot.load();
         if old.generation > 0 {
-            if old.config.listen != config.listen || old.config.listen_tls != config.listen_tls || old.config.admin != config.admin {
+            if old.config.listen != config.listen
+                || old.config.listen_tls != config.listen_tls
+                || old.config.admin != config.admin
+            {
                 tracing::warn!("listen addresses changed: they take effect at the next restart");
             }
             if old.config.cache != config.cache {
-                tracing::warn!("cache sizes or paths changed: they take effect at the next restart");
+                tracing::warn!(
+                    "cache sizes or paths changed: they take effect at the next restart"
+                );
             }
         }
         self.certs.replace(certs);
@@ -210,7 +235,10 @@ impl Edge {
     /// Applies a configuration from a reload, recording the outcome.
     pub fn reload(&self, config: Result<Config, String>) -> Result<u64, String> {
         let res = config.and_then(|c| self.apply(c));
-        let mut last = self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match res {
             Ok(()) => {
                 self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +257,11 @@ impl Edge {
     }
 
     /// Handles one request. Never fails: every problem becomes a response.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<EdgeBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<EdgeBody> {
         let snap = self.snapshot.load_full();
         // Phase 1: validate.
         if let Err(resp) = validate(&req, &snap.config) {
@@ -270,17 +302,34 @@ impl Edge {
             self.cacheable(parts, &rt, &host, &conn).await
         } else if req.method() == Method::TRACE || req.method() == Method::CONNECT {
             rt.metrics.count(Outcome::Error);
-            error_page(StatusCode::METHOD_NOT_ALLOWED, "Méthode refusée", "This method is not allowed.", &["fwd=method"])
+            error_page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Méthode refusée",
+                "This method is not allowed.",
+                &["fwd=method"],
+            )
         } else {
             self.pass_unsafe(req, &rt, &host, &conn).await
         };
-        if let Some(len) = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(len) = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             rt.metrics.bytes_sent.fetch_add(len, Ordering::Relaxed);
         }
         resp
     }
 
-    fn purge_request(&self, req: &Request<Incoming>, rt: &SiteRuntime, host: &str, conn: &ConnInfo, cfg: &Config) -> Response<EdgeBody> {
+    fn purge_request(
+        &self,
+        req: &Request<Incoming>,
+        rt: &SiteRuntime,
+        host: &str,
+        conn: &ConnInfo,
+        cfg: &Config,
+    ) -> Response<EdgeBody> {
         let allowed = match &cfg.purge_secret {
             Some(secret) => req
                 .headers()
@@ -292,9 +341,18 @@ impl Edge {
         };
         if !allowed {
             rt.metrics.count(Outcome::Error);
-            return error_page(StatusCode::FORBIDDEN, "Purge refusée", "Purging needs the purge secret as a bearer token.", &["fwd=method"]);
+            return error_page(
+                StatusCode::FORBIDDEN,
+                "Purge refusée",
+                "Purging needs the purge secret as a bearer token.",
+                &["fwd=method"],
+            );
         }
-        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let primary = cache::primary_key(&rt.site.name, host, pq);
         let n = self.store.purge(&PurgeTarget::Url {
             site: rt.site.name.as_str().into(),
@@ -303,13 +361,23 @@ impl Edge {
         rt.metrics.purges.fetch_add(1, Ordering::Relaxed);
         let body = format!("{{\"purged\":{n}}}\n");
         let mut resp = Response::new(EdgeBody::Full(Some(Bytes::from(body))));
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        resp.headers_mut().insert(CACHE_STATUS.clone(), cache_status(&["fwd=method", "detail=purge"]));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut().insert(
+            CACHE_STATUS.clone(),
+            cache_status(&["fwd=method", "detail=purge"]),
+        );
         resp
     }
 
     fn lookup(&self, site: &Site, host: &str, parts: &Parts) -> Lookup {
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let primary = cache::primary_key(&site.name, host, pq);
         let vary = self.store.vary_of(primary);
         let key = cache::variant_key(primary, vary.as_deref().unwrap_or(&[]), &parts.headers);
@@ -323,7 +391,13 @@ impl Edge {
     }
 
     /// Phases 4–6 for GET and HEAD.
-    async fn cacheable(self: Arc<Self>, parts: Parts, rt: &Arc<SiteRuntime>, host: &str, conn: &ConnInfo) -> Response<EdgeBody> {
+    async fn cacheable(
+        self: Arc<Self>,
+        parts: Parts,
+        rt: &Arc<SiteRuntime>,
+        host: &str,
+        conn: &ConnInfo,
+    ) -> Response<EdgeBody> {
         let reqd = policy::request_directives(&parts.headers);
         let lk = self.lookup(&rt.site, host, &parts);
         let now = self.clock.now();
@@ -357,23 +431,37 @@ impl Edge {
                     return self.respond(&parts, obj, &["hit", &ttl, "detail=max-stale"], now);
                 }
                 // Every origin is down: serve stale within grace without asking.
-                if !upstream::any_available(&rt.origins) && staleness <= rt.site.grace.max(m.fresh.stale_if_error) {
+                if !upstream::any_available(&rt.origins)
+                    && staleness <= rt.site.grace.max(m.fresh.stale_if_error)
+                {
                     rt.metrics.count(Outcome::Stale);
-                    self.clone().revalidate_in_background(rt, &parts, &lk, obj.clone());
+                    self.clone()
+                        .revalidate_in_background(rt, &parts, &lk, obj.clone());
                     let ttl = format!("ttl={}", m.ttl(now));
                     return self.respond(&parts, obj, &["hit", &ttl, "detail=origin-down"], now);
                 }
                 // stale-while-revalidate.
                 if staleness <= m.fresh.stale_while_revalidate && !reqd.no_cache {
                     rt.metrics.count(Outcome::Stale);
-                    self.clone().revalidate_in_background(rt, &parts, &lk, obj.clone());
+                    self.clone()
+                        .revalidate_in_background(rt, &parts, &lk, obj.clone());
                     let ttl = format!("ttl={}", m.ttl(now));
-                    return self.respond(&parts, obj, &["hit", &ttl, "detail=stale-while-revalidate"], now);
+                    return self.respond(
+                        &parts,
+                        obj,
+                        &["hit", &ttl, "detail=stale-while-revalidate"],
+                        now,
+                    );
                 }
             }
             stale = Some(obj.clone());
         } else if reqd.only_if_cached {
-            return error_page(StatusCode::GATEWAY_TIMEOUT, "Absent du cache", "The response is not in the cache (only-if-cached).", &["fwd=miss", "detail=only-if-cached"]);
+            return error_page(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Absent du cache",
+                "The response is not in the cache (only-if-cached).",
+                &["fwd=miss", "detail=only-if-cached"],
+            );
         }
 
         let fwd = if forced {
@@ -388,16 +476,33 @@ impl Edge {
 
         // Requests carrying credentials, or URLs known to be uncacheable, skip coalescing.
         let personal = parts.headers.contains_key(header::AUTHORIZATION);
-        let marked = self.pass_marks.get(&lk.key).is_some_and(|until| until > now);
+        let marked = self
+            .pass_marks
+            .get(&lk.key)
+            .is_some_and(|until| until > now);
         if (personal || marked) && stale.is_none() {
-            return self.pass_get(parts, rt, host, conn, if marked { "detail=uncacheable" } else { "detail=authorization" }).await;
+            return self
+                .pass_get(
+                    parts,
+                    rt,
+                    host,
+                    conn,
+                    if marked {
+                        "detail=uncacheable"
+                    } else {
+                        "detail=authorization"
+                    },
+                )
+                .await;
         }
 
         let mut lk = lk;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (fill, leader) = self.clone().join_or_start(rt, &parts, host, conn, &lk, stale.clone());
+            let (fill, leader) =
+                self.clone()
+                    .join_or_start(rt, &parts, host, conn, &lk, stale.clone());
             if !leader {
                 rt.metrics.coalesced.fetch_add(1, Ordering::Relaxed);
             }
@@ -405,7 +510,11 @@ impl Edge {
             let now = self.clock.now();
             match state {
                 FillState::Pending => return unreachable_pending(),
-                FillState::Ready { obj, revalidated, shareable } => {
+                FillState::Ready {
+                    obj,
+                    revalidated,
+                    shareable,
+                } => {
                     if revalidated {
                         rt.metrics.count(Outcome::Revalidated);
                         let ttl = format!("ttl={}", obj.meta.ttl(now));
@@ -418,13 +527,21 @@ impl Edge {
                         lk = self.lookup(&rt.site, host, &parts);
                         continue;
                     }
-                    if !leader && (!shareable || my_key != obj.meta.key) {
-                        return self.pass_get(parts, rt, host, conn, "detail=not-shareable").await;
+                    if !leader && (!shareable || my_key != obj.meta.key || !obj.meta.is_fresh(now))
+                    {
+                        return self
+                            .pass_get(parts, rt, host, conn, "detail=not-shareable")
+                            .await;
                     }
                     rt.metrics.count(Outcome::Miss);
                     let ttl = format!("ttl={}", obj.meta.ttl(now));
                     let status = format!("fwd-status={}", obj.meta.status.as_u16());
-                    let params: [&str; 4] = [fwd, &status, if leader { "stored" } else { "collapsed" }, &ttl];
+                    let params: [&str; 4] = [
+                        fwd,
+                        &status,
+                        if leader { "stored" } else { "collapsed" },
+                        &ttl,
+                    ];
                     return self.respond(&parts, &obj, &params, now);
                 }
                 FillState::Pass { detail } => {
@@ -437,7 +554,9 @@ impl Edge {
                             return passthrough(resp, &parts.method, &[fwd, &st, &d]);
                         }
                     }
-                    return self.pass_get(parts, rt, host, conn, "detail=uncacheable").await;
+                    return self
+                        .pass_get(parts, rt, host, conn, "detail=uncacheable")
+                        .await;
                 }
                 FillState::Failed(err) => {
                     if let Some(obj) = &stale {
@@ -456,7 +575,11 @@ impl Edge {
                         if let Some(resp) = taken {
                             rt.metrics.count(Outcome::Pass);
                             let st = format!("fwd-status={}", resp.status().as_u16());
-                            return passthrough(resp, &parts.method, &[fwd, &st, "detail=origin-error"]);
+                            return passthrough(
+                                resp,
+                                &parts.method,
+                                &[fwd, &st, "detail=origin-error"],
+                            );
                         }
                     }
                     rt.metrics.count(Outcome::Error);
@@ -468,7 +591,9 @@ impl Edge {
 
     /// Copies a small object found on disk into the memory tier, off the request path.
     fn promote_later(self: &Arc<Self>, obj: &Arc<Object>) {
-        let BodySource::File { file, len } = &obj.body else { return };
+        let BodySource::File { file, len } = &obj.body else {
+            return;
+        };
         if *len > self.store.max_mem_object {
             return;
         }
@@ -482,7 +607,15 @@ impl Edge {
         });
     }
 
-    fn join_or_start(self: Arc<Self>, rt: &Arc<SiteRuntime>, parts: &Parts, host: &str, conn: &ConnInfo, lk: &Lookup, stale: Option<Arc<Object>>) -> (Arc<Fill>, bool) {
+    fn join_or_start(
+        self: Arc<Self>,
+        rt: &Arc<SiteRuntime>,
+        parts: &Parts,
+        host: &str,
+        conn: &ConnInfo,
+        lk: &Lookup,
+        stale: Option<Arc<Object>>,
+    ) -> (Arc<Fill>, bool) {
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = inflight.get(&lk.key) {
             return (f.clone(), false);
@@ -494,12 +627,20 @@ impl Edge {
         inflight.insert(lk.key, fill.clone());
         drop(inflight);
         let req = self.fill_request(parts, rt, host, conn, stale.as_deref());
-        let facts = RequestFacts::of(&parts.method, &parts.headers, &policy::request_directives(&parts.headers));
+        let facts = RequestFacts::of(
+            &parts.method,
+            &parts.headers,
+            &policy::request_directives(&parts.headers),
+        );
         let job = FillJob {
             rt: rt.clone(),
             registered_key: lk.key,
             primary: lk.primary,
-            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
             req_headers: parts.headers.clone(),
             facts,
             stale,
@@ -509,8 +650,18 @@ impl Edge {
         (fill, true)
     }
 
-    fn revalidate_in_background(self: Arc<Self>, rt: &Arc<SiteRuntime>, parts: &Parts, lk: &Lookup, stale: Arc<Object>) {
-        let exists = self.inflight.lock().map(|m| m.contains_key(&lk.key)).unwrap_or(true);
+    fn revalidate_in_background(
+        self: Arc<Self>,
+        rt: &Arc<SiteRuntime>,
+        parts: &Parts,
+        lk: &Lookup,
+        stale: Arc<Object>,
+    ) {
+        let exists = self
+            .inflight
+            .lock()
+            .map(|m| m.contains_key(&lk.key))
+            .unwrap_or(true);
         if exists {
             return;
         }
@@ -519,16 +670,32 @@ impl Edge {
             tls: false,
             sni: None,
         };
-        let host = request_host_parts(parts).map(|h| normalize_host(&h).into_owned()).unwrap_or_default();
+        let host = request_host_parts(parts)
+            .map(|h| normalize_host(&h).into_owned())
+            .unwrap_or_default();
         let _ = self.join_or_start(rt, parts, &host, &conn, lk, Some(stale));
     }
 
     /// The request a fill sends: the client's, minus conditionals and range (a fill fetches the
     /// whole representation), plus our own validators when revalidating.
-    fn fill_request(&self, parts: &Parts, rt: &SiteRuntime, host: &str, conn: &ConnInfo, stale: Option<&Object>) -> ForwardRequest {
+    fn fill_request(
+        &self,
+        parts: &Parts,
+        rt: &SiteRuntime,
+        host: &str,
+        conn: &ConnInfo,
+        stale: Option<&Object>,
+    ) -> ForwardRequest {
         let mut headers = parts.headers.clone();
         policy::strip_hop_by_hop(&mut headers);
-        for h in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE, header::RANGE] {
+        for h in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::RANGE,
+        ] {
             headers.remove(h);
         }
         if let Some(obj) = stale {
@@ -539,11 +706,15 @@ impl Edge {
                 headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
             }
         }
-        add_forwarding(&mut headers, conn, host);
+        add_forwarding(&mut headers, conn, host, parts.uri.authority());
         let _ = rt;
         ForwardRequest {
             method: Method::GET,
-            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
             headers,
         }
     }
@@ -554,7 +725,9 @@ impl Edge {
         let response_time = self.clock.now();
         let finish = |this: &Edge| {
             let mut m = this.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            if m.get(&job.registered_key).is_some_and(|f| Arc::ptr_eq(f, &fill)) {
+            if m.get(&job.registered_key)
+                .is_some_and(|f| Arc::ptr_eq(f, &fill))
+            {
                 m.remove(&job.registered_key);
             }
         };
@@ -571,7 +744,11 @@ impl Edge {
             && let Some(old) = &job.stale
         {
             let obj = self.freshen(old, resp.headers(), request_time, response_time, &job);
-            fill.tx.send_replace(FillState::Ready { obj, revalidated: true, shareable: true });
+            fill.tx.send_replace(FillState::Ready {
+                obj,
+                revalidated: true,
+                shareable: true,
+            });
             finish(&self);
             return;
         }
@@ -618,13 +795,14 @@ impl Edge {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let growing = match Growing::new(expected, self.store.max_mem_object, &self.store.spill_dir()) {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open spill file; passing through");
-                return self.release_pass(&job, &fill, resp, "storage", finish);
-            }
-        };
+        let growing =
+            match Growing::new(expected, self.store.max_mem_object, &self.store.spill_dir()) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open spill file; passing through");
+                    return self.release_pass(&job, &fill, resp, "storage", finish);
+                }
+            };
         if !meta.vary.is_empty() {
             // Published now so that waiters with another variant look up their own key.
             self.store.set_vary(job.primary, &meta.vary);
@@ -634,10 +812,19 @@ impl Edge {
             meta: Arc::new(meta),
             body: BodySource::Growing(growing.clone()),
         });
-        fill.tx.send_replace(FillState::Ready { obj, revalidated: false, shareable });
+        fill.tx.send_replace(FillState::Ready {
+            obj,
+            revalidated: false,
+            shareable,
+        });
 
         // Stream the body in; this task outlives any client.
-        let timeout = job.rt.origins.first().map(|o| o.origin.response_timeout).unwrap_or(Duration::from_secs(30));
+        let timeout = job
+            .rt
+            .origins
+            .first()
+            .map(|o| o.origin.response_timeout)
+            .unwrap_or(Duration::from_secs(30));
         let mut body = resp.into_body();
         let mut total = 0u64;
         let outcome: Result<(), String> = loop {
@@ -655,7 +842,10 @@ impl Edge {
                 }
             }
         };
-        job.rt.metrics.bytes_from_origin.fetch_add(total, Ordering::Relaxed);
+        job.rt
+            .metrics
+            .bytes_from_origin
+            .fetch_add(total, Ordering::Relaxed);
         match outcome {
             Err(why) => {
                 tracing::warn!(site = %job.rt.site.name, path = %job.path, error = %why, "fill aborted");
@@ -673,22 +863,43 @@ impl Edge {
                         let since = job.since;
                         tokio::task::spawn_blocking(move || edge.store.persist(&stored, since));
                     }
+                    finish(&self);
+                    growing.publish();
+                    return;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot complete fill"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot complete fill");
+                    growing.fail(e.to_string());
+                }
             },
         }
         finish(&self);
     }
 
-    fn release_pass(&self, job: &FillJob, fill: &Fill, resp: Response<Incoming>, detail: &'static str, finish: impl Fn(&Edge)) {
-        self.pass_marks.insert(job.registered_key, self.clock.now() + PASS_MARK);
+    fn release_pass(
+        &self,
+        job: &FillJob,
+        fill: &Fill,
+        resp: Response<Incoming>,
+        detail: &'static str,
+        finish: impl Fn(&Edge),
+    ) {
+        self.pass_marks
+            .insert(job.registered_key, self.clock.now() + PASS_MARK);
         *fill.leader_resp.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp);
         fill.tx.send_replace(FillState::Pass { detail });
         finish(self);
     }
 
     /// Merges a 304 into the stored response (RFC 9111 §4.3.4) and stores the result.
-    fn freshen(&self, old: &Arc<Object>, h304: &HeaderMap, request_time: SystemTime, response_time: SystemTime, job: &FillJob) -> Arc<Object> {
+    fn freshen(
+        &self,
+        old: &Arc<Object>,
+        h304: &HeaderMap,
+        request_time: SystemTime,
+        response_time: SystemTime,
+        job: &FillJob,
+    ) -> Arc<Object> {
         let mut meta = (*old.meta).clone();
         let mut incoming = h304.clone();
         policy::strip_hop_by_hop(&mut incoming);
@@ -712,24 +923,41 @@ impl Edge {
                 meta.compute_expires(job.rt.site.grace);
                 match self.store.update_meta(old, meta.clone(), job.since) {
                     Some(obj) => obj,
-                    None => Arc::new(Object { meta: Arc::new(meta), body: old.body.clone() }),
+                    None => Arc::new(Object {
+                        meta: Arc::new(meta),
+                        body: old.body.clone(),
+                    }),
                 }
             }
             Err(_) => {
                 self.store.remove_key(old.meta.key);
-                Arc::new(Object { meta: Arc::new(meta), body: old.body.clone() })
+                Arc::new(Object {
+                    meta: Arc::new(meta),
+                    body: old.body.clone(),
+                })
             }
         }
     }
 
     /// A GET/HEAD sent straight to the origin, not stored.
-    async fn pass_get(&self, parts: Parts, rt: &SiteRuntime, host: &str, conn: &ConnInfo, detail: &str) -> Response<EdgeBody> {
+    async fn pass_get(
+        &self,
+        parts: Parts,
+        rt: &SiteRuntime,
+        host: &str,
+        conn: &ConnInfo,
+        detail: &str,
+    ) -> Response<EdgeBody> {
         let mut headers = parts.headers.clone();
         policy::strip_hop_by_hop(&mut headers);
-        add_forwarding(&mut headers, conn, host);
+        add_forwarding(&mut headers, conn, host, parts.uri.authority());
         let req = ForwardRequest {
             method: parts.method.clone(),
-            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
             headers,
         };
         match send_with_failover(rt, &req, None).await {
@@ -747,21 +975,40 @@ impl Edge {
 
     /// Non-GET methods: passed through with their body (bounded), never retried on another
     /// origin once sent; a success invalidates the URL and its Location/Content-Location.
-    async fn pass_unsafe(&self, req: Request<Incoming>, rt: &SiteRuntime, host: &str, conn: &ConnInfo) -> Response<EdgeBody> {
+    async fn pass_unsafe(
+        &self,
+        req: Request<Incoming>,
+        rt: &SiteRuntime,
+        host: &str,
+        conn: &ConnInfo,
+    ) -> Response<EdgeBody> {
         let limit = rt.site.max_body_bytes;
-        if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
             && len > limit
         {
             rt.metrics.count(Outcome::Error);
-            return error_page(StatusCode::PAYLOAD_TOO_LARGE, "Requête trop volumineuse", "The request body is larger than this site accepts.", &["fwd=method", "detail=body-too-large"]);
+            return error_page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Requête trop volumineuse",
+                "The request body is larger than this site accepts.",
+                &["fwd=method", "detail=body-too-large"],
+            );
         }
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers.clone();
         policy::strip_hop_by_hop(&mut headers);
-        add_forwarding(&mut headers, conn, host);
+        add_forwarding(&mut headers, conn, host, parts.uri.authority());
         let fwd = ForwardRequest {
             method: parts.method.clone(),
-            path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into()),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
             headers,
         };
         let body: UpBody = http_body_util::Limited::new(body, limit as usize).boxed_unsync();
@@ -800,12 +1047,21 @@ impl Edge {
         }
         for t in targets {
             let primary = cache::primary_key(&site, host, &t);
-            self.store.purge(&PurgeTarget::Url { site: site.clone(), primary });
+            self.store.purge(&PurgeTarget::Url {
+                site: site.clone(),
+                primary,
+            });
         }
     }
 
     /// Builds a response from a stored (or growing) object: conditionals, ranges, HEAD.
-    fn respond(&self, parts: &Parts, obj: &Arc<Object>, status_params: &[&str], now: SystemTime) -> Response<EdgeBody> {
+    fn respond(
+        &self,
+        parts: &Parts,
+        obj: &Arc<Object>,
+        status_params: &[&str],
+        now: SystemTime,
+    ) -> Response<EdgeBody> {
         let m = &obj.meta;
         let mut headers = m.headers.clone();
         headers.remove(&policy::RELAIS_CACHE_CONTROL);
@@ -816,7 +1072,16 @@ impl Edge {
         if m.status == StatusCode::OK && not_modified(&parts.headers, &m.headers) {
             let mut resp = Response::new(EdgeBody::Empty);
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
-            for name in [header::CACHE_CONTROL, header::CONTENT_LOCATION, header::DATE, header::ETAG, header::EXPIRES, header::VARY, header::LAST_MODIFIED, header::AGE] {
+            for name in [
+                header::CACHE_CONTROL,
+                header::CONTENT_LOCATION,
+                header::DATE,
+                header::ETAG,
+                header::EXPIRES,
+                header::VARY,
+                header::LAST_MODIFIED,
+                header::AGE,
+            ] {
                 for v in headers.get_all(&name) {
                     resp.headers_mut().append(name.clone(), v.clone());
                 }
@@ -836,38 +1101,72 @@ impl Edge {
                     RangeDecision::Unsatisfiable => {
                         let mut resp = Response::new(EdgeBody::Empty);
                         *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-                        resp.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes */{len}")));
-                        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                        resp.headers_mut().append(CACHE_STATUS.clone(), cache_status(status_params));
+                        resp.headers_mut()
+                            .insert(header::CONTENT_RANGE, hv(&format!("bytes */{len}")));
+                        resp.headers_mut()
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                        resp.headers_mut()
+                            .append(CACHE_STATUS.clone(), cache_status(status_params));
                         return resp;
                     }
                     RangeDecision::Partial(spans) if spans.len() == 1 => {
                         let (s, e) = spans[0];
-                        headers.insert(header::CONTENT_RANGE, hv(&format!("bytes {}-{}/{}", s, e - 1, len)));
+                        headers.insert(
+                            header::CONTENT_RANGE,
+                            hv(&format!("bytes {}-{}/{}", s, e - 1, len)),
+                        );
                         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(e - s));
-                        let body = if head { EdgeBody::Empty } else { EdgeBody::Stream(obj.body.stream(s, Some(e))) };
+                        let body = if head {
+                            EdgeBody::Empty
+                        } else {
+                            EdgeBody::Stream(obj.body.stream(s, Some(e)))
+                        };
                         let mut resp = Response::new(body);
                         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
                         *resp.headers_mut() = headers;
                         return resp;
                     }
                     RangeDecision::Partial(spans) => {
-                        let ct = m.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-                        let mp = Multipart::new(&spans, len, ct, m.key ^ now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-                        headers.insert(header::CONTENT_TYPE, hv(&format!("multipart/byteranges; boundary={}", mp.boundary)));
-                        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(mp.content_length(&spans)));
+                        let ct = m
+                            .headers
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok());
+                        let mp = Multipart::new(
+                            &spans,
+                            len,
+                            ct,
+                            m.key
+                                ^ now
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map(|d| d.as_nanos())
+                                    .unwrap_or(0),
+                        );
+                        headers.insert(
+                            header::CONTENT_TYPE,
+                            hv(&format!("multipart/byteranges; boundary={}", mp.boundary)),
+                        );
+                        headers.insert(
+                            header::CONTENT_LENGTH,
+                            HeaderValue::from(mp.content_length(&spans)),
+                        );
                         let body = if head {
                             EdgeBody::Empty
                         } else {
                             let mut parts_streams = Vec::new();
                             for (h, (s, e)) in mp.heads.iter().zip(spans.iter()) {
                                 let head_bytes = Bytes::from(h.clone());
-                                parts_streams.push(futures_util::stream::once(async move { Ok(head_bytes) }).boxed());
+                                parts_streams.push(
+                                    futures_util::stream::once(async move { Ok(head_bytes) })
+                                        .boxed(),
+                                );
                                 parts_streams.push(obj.body.stream(*s, Some(*e)));
                             }
                             let tail = Bytes::from(mp.tail.clone());
-                            parts_streams.push(futures_util::stream::once(async move { Ok(tail) }).boxed());
-                            EdgeBody::Stream(futures_util::stream::iter(parts_streams).flatten().boxed())
+                            parts_streams
+                                .push(futures_util::stream::once(async move { Ok(tail) }).boxed());
+                            EdgeBody::Stream(
+                                futures_util::stream::iter(parts_streams).flatten().boxed(),
+                            )
                         };
                         let mut resp = Response::new(body);
                         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -902,11 +1201,19 @@ impl Edge {
     /// Renders Prometheus metrics.
     pub fn render_metrics(&self) -> String {
         let snap = self.snapshot.load();
-        let sites: Vec<(&str, &SiteMetrics)> = snap.sites.iter().map(|s| (s.site.name.as_str(), &*s.metrics)).collect();
+        let sites: Vec<(&str, &SiteMetrics)> = snap
+            .sites
+            .iter()
+            .map(|s| (s.site.name.as_str(), &*s.metrics))
+            .collect();
         let origins = snap
             .sites
             .iter()
-            .flat_map(|s| s.origins.iter().map(move |o| (s.site.name.as_str(), o.name.as_str(), &**o)))
+            .flat_map(|s| {
+                s.origins
+                    .iter()
+                    .map(move |o| (s.site.name.as_str(), o.name.as_str(), &**o))
+            })
             .collect();
         crate::metrics::render(crate::metrics::Render {
             edge: &self.metrics,
@@ -923,7 +1230,12 @@ impl Edge {
 }
 
 fn unreachable_pending() -> Response<EdgeBody> {
-    error_page(StatusCode::INTERNAL_SERVER_ERROR, "Erreur interne", "Internal error.", &["detail=internal"])
+    error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Erreur interne",
+        "Internal error.",
+        &["detail=internal"],
+    )
 }
 
 struct FillJob {
@@ -963,20 +1275,28 @@ async fn wait_ready(fill: &Fill) -> FillState {
 
 /// Sends a request to the site's origins in order; GET/HEAD (no body) fail over to the next
 /// origin on connection errors, timeouts and 5xx.
-async fn send_with_failover(rt: &SiteRuntime, req: &ForwardRequest, body: Option<UpBody>) -> Result<Response<Incoming>, UpstreamError> {
+async fn send_with_failover(
+    rt: &SiteRuntime,
+    req: &ForwardRequest,
+    body: Option<UpBody>,
+) -> Result<Response<Incoming>, UpstreamError> {
     let plan = upstream::plan(&rt.origins);
     if plan.is_empty() {
-        return Err(UpstreamError::Unavailable { site: rt.site.name.clone() });
+        return Err(UpstreamError::Unavailable {
+            site: rt.site.name.clone(),
+        });
     }
     let retryable = body.is_none();
     let mut body = body;
     let mut last_err = None;
     let n = plan.len();
     for (i, origin) in plan.into_iter().enumerate().take(3) {
-        let uri = origin.uri_for(&req.path).map_err(|e| UpstreamError::Protocol {
-            origin: origin.name.clone(),
-            detail: e.to_string(),
-        })?;
+        let uri = origin
+            .uri_for(&req.path)
+            .map_err(|e| UpstreamError::Protocol {
+                origin: origin.name.clone(),
+                detail: e.to_string(),
+            })?;
         let mut b = Request::builder().method(req.method.clone()).uri(uri);
         if let Some(h) = b.headers_mut() {
             *h = req.headers.clone();
@@ -1008,15 +1328,23 @@ async fn send_with_failover(rt: &SiteRuntime, req: &ForwardRequest, body: Option
             }
         }
     }
-    Err(last_err.unwrap_or(UpstreamError::Unavailable { site: rt.site.name.clone() }))
+    Err(last_err.unwrap_or(UpstreamError::Unavailable {
+        site: rt.site.name.clone(),
+    }))
 }
 
 fn passthrough(resp: Response<Incoming>, method: &Method, params: &[&str]) -> Response<EdgeBody> {
     let (mut parts, body) = resp.into_parts();
     policy::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(&policy::RELAIS_CACHE_CONTROL);
-    parts.headers.append(CACHE_STATUS.clone(), cache_status(params));
-    let body = if *method == Method::HEAD { EdgeBody::Empty } else { EdgeBody::Upstream(body) };
+    parts
+        .headers
+        .append(CACHE_STATUS.clone(), cache_status(params));
+    let body = if *method == Method::HEAD {
+        EdgeBody::Empty
+    } else {
+        EdgeBody::Upstream(body)
+    };
     Response::from_parts(parts, body)
 }
 
@@ -1024,13 +1352,23 @@ fn origin_error_page(e: &UpstreamError, fwd: &str) -> Response<EdgeBody> {
     let status = e.status();
     let detail = format!("detail={}", e.detail());
     let (fr, en) = match e {
-        UpstreamError::Timeout { .. } => ("Le serveur d'origine ne répond pas à temps", "The origin server did not answer in time. Please try again shortly."),
-        UpstreamError::Unavailable { .. } => ("Le site est momentanément indisponible", "The origin servers of this site are unavailable. Please try again shortly."),
-        _ => ("Le serveur d'origine est injoignable", "The origin server could not be reached. Please try again shortly."),
+        UpstreamError::Timeout { .. } => (
+            "Le serveur d'origine ne répond pas à temps",
+            "The origin server did not answer in time. Please try again shortly.",
+        ),
+        UpstreamError::Unavailable { .. } => (
+            "Le site est momentanément indisponible",
+            "The origin servers of this site are unavailable. Please try again shortly.",
+        ),
+        _ => (
+            "Le serveur d'origine est injoignable",
+            "The origin server could not be reached. Please try again shortly.",
+        ),
     };
     let mut resp = error_page(status, fr, en, &[fwd, &detail]);
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     resp
 }
@@ -1039,19 +1377,27 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""))
 }
 
-fn add_forwarding(h: &mut HeaderMap, conn: &ConnInfo, host: &str) {
+fn add_forwarding(
+    h: &mut HeaderMap,
+    conn: &ConnInfo,
+    host: &str,
+    authority: Option<&http::uri::Authority>,
+) {
     let ip = conn.remote.ip().to_string();
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
     };
     h.insert(X_FORWARDED_FOR.clone(), hv(&xff));
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
     h.insert(X_FORWARDED_HOST.clone(), hv(host));
     h.append(header::VIA, HeaderValue::from_static("1.1 relais"));
     // Requests reaching the origin over HTTP/1.1 need a Host even if the client spoke HTTP/2.
     if !h.contains_key(header::HOST) {
-        h.insert(header::HOST, hv(host));
+        h.insert(header::HOST, hv(authority.map_or(host, |a| a.as_str())));
     }
 }
 
@@ -1059,7 +1405,12 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     req.uri()
         .authority()
         .map(|a| a.as_str().to_owned())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
 }
 
 fn request_host_parts(parts: &Parts) -> Option<String> {
@@ -1067,40 +1418,89 @@ fn request_host_parts(parts: &Parts) -> Option<String> {
         .uri
         .authority()
         .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
 }
 
 /// Phase 1: refuses what must never reach an origin.
 fn validate(req: &Request<Incoming>, cfg: &Config) -> Result<(), Box<Response<EdgeBody>>> {
-    let bad = |fr: &str, en: &str, status: StatusCode| Err(Box::new(error_page(status, fr, en, &["detail=bad-request"])));
-    let pq_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    let bad = |fr: &str, en: &str, status: StatusCode| {
+        Err(Box::new(error_page(
+            status,
+            fr,
+            en,
+            &["detail=bad-request"],
+        )))
+    };
+    let pq_len = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
     if pq_len > cfg.limits.max_uri_bytes {
-        return bad("Adresse trop longue", "The request URI is too long.", StatusCode::URI_TOO_LONG);
+        return bad(
+            "Adresse trop longue",
+            "The request URI is too long.",
+            StatusCode::URI_TOO_LONG,
+        );
     }
     let h = req.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return bad("Requête ambiguë", "Content-Length and Transfer-Encoding must not both be present.", StatusCode::BAD_REQUEST);
+        return bad(
+            "Requête ambiguë",
+            "Content-Length and Transfer-Encoding must not both be present.",
+            StatusCode::BAD_REQUEST,
+        );
     }
     let hosts = h.get_all(header::HOST).iter().count();
     if hosts > 1 {
-        return bad("Requête invalide", "Several Host headers were sent.", StatusCode::BAD_REQUEST);
+        return bad(
+            "Requête invalide",
+            "Several Host headers were sent.",
+            StatusCode::BAD_REQUEST,
+        );
     }
     if req.version() == http::Version::HTTP_11 && hosts == 0 && req.uri().authority().is_none() {
-        return bad("Requête invalide", "HTTP/1.1 requests need a Host header.", StatusCode::BAD_REQUEST);
+        return bad(
+            "Requête invalide",
+            "HTTP/1.1 requests need a Host header.",
+            StatusCode::BAD_REQUEST,
+        );
     }
     if let (Some(a), Some(hh)) = (req.uri().authority(), h.get(header::HOST))
         && !hh.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
         && req.version() != http::Version::HTTP_2
     {
-        return bad("Requête invalide", "The Host header does not match the request target.", StatusCode::BAD_REQUEST);
+        return bad(
+            "Requête invalide",
+            "The Host header does not match the request target.",
+            StatusCode::BAD_REQUEST,
+        );
     }
     if let Some(host) = request_host(req)
-        && (host.is_empty() || host.len() > 255 || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)))
+        && (host.is_empty()
+            || host.len() > 255
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)))
     {
-        return bad("Requête invalide", "The Host header is not a valid host name.", StatusCode::BAD_REQUEST);
+        return bad(
+            "Requête invalide",
+            "The Host header is not a valid host name.",
+            StatusCode::BAD_REQUEST,
+        );
     }
     if !req.uri().path().starts_with('/') && req.method() != Method::OPTIONS {
-        return bad("Requête invalide", "The request target must start with '/'.", StatusCode::BAD_REQUEST);
+        return bad(
+            "Requête invalide",
+            "The request target must start with '/'.",
+            StatusCode::BAD_REQUEST,
+        );
     }
     Ok(())
 }
@@ -1108,12 +1508,18 @@ fn validate(req: &Request<Incoming>, cfg: &Config) -> Result<(), Box<Response<Ed
 /// RFC 9110 §13.1.2 / §13.1.3, evaluated against a stored 200.
 fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
     if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else { return false };
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
         let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
         let ours = weak(etag);
         return inm.trim() == "*" || inm.split(',').any(|t| weak(t) == ours);
     }
-    if let Some(ims) = req.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok()) {
+    if let Some(ims) = req
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    {
         let lm = stored
             .get(header::LAST_MODIFIED)
             .or_else(|| stored.get(header::DATE))

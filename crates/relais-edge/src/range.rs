@@ -24,10 +24,10 @@ pub fn decide(req: &HeaderMap, len: u64, stored: &HeaderMap) -> RangeDecision {
     let Some(range) = req.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return RangeDecision::Full;
     };
-    if let Some(ir) = req.get(header::IF_RANGE) {
-        if !if_range_matches(ir.to_str().unwrap_or(""), stored) {
-            return RangeDecision::Full;
-        }
+    if let Some(ir) = req.get(header::IF_RANGE)
+        && !if_range_matches(ir.to_str().unwrap_or(""), stored)
+    {
+        return RangeDecision::Full;
     }
     parse(range, len)
 }
@@ -36,11 +36,18 @@ fn if_range_matches(v: &str, stored: &HeaderMap) -> bool {
     let v = v.trim();
     if v.starts_with('"') || v.starts_with("W/") {
         // Strong comparison: weak validators never match.
-        let Some(etag) = stored.get(header::ETAG).and_then(|e| e.to_str().ok()) else { return false };
+        let Some(etag) = stored.get(header::ETAG).and_then(|e| e.to_str().ok()) else {
+            return false;
+        };
         !v.starts_with("W/") && !etag.starts_with("W/") && etag == v
     } else {
-        let lm = stored.get(header::LAST_MODIFIED).and_then(|e| e.to_str().ok());
-        match (lm.and_then(|l| httpdate::parse_http_date(l).ok()), httpdate::parse_http_date(v).ok()) {
+        let lm = stored
+            .get(header::LAST_MODIFIED)
+            .and_then(|e| e.to_str().ok());
+        match (
+            lm.and_then(|l| httpdate::parse_http_date(l).ok()),
+            httpdate::parse_http_date(v).ok(),
+        ) {
             (Some(a), Some(b)) => a == b,
             _ => false,
         }
@@ -69,13 +76,17 @@ pub fn parse(s: &str, len: u64) -> RangeDecision {
         let (a, b) = (a.trim(), b.trim());
         let span = if a.is_empty() {
             // suffix: last n bytes
-            let Ok(n) = b.parse::<u64>() else { return RangeDecision::Full };
+            let Ok(n) = b.parse::<u64>() else {
+                return RangeDecision::Full;
+            };
             if n == 0 {
                 continue;
             }
             Some((len.saturating_sub(n), len))
         } else {
-            let Ok(first) = a.parse::<u64>() else { return RangeDecision::Full };
+            let Ok(first) = a.parse::<u64>() else {
+                return RangeDecision::Full;
+            };
             let last = if b.is_empty() {
                 None
             } else {
@@ -90,10 +101,10 @@ pub fn parse(s: &str, len: u64) -> RangeDecision {
                 Some((first, last.map_or(len, |l| (l + 1).min(len))))
             }
         };
-        if let Some(sp) = span {
-            if sp.0 < sp.1 {
-                spans.push(sp);
-            }
+        if let Some(sp) = span
+            && sp.0 < sp.1
+        {
+            spans.push(sp);
         }
     }
     if count == 0 {
@@ -148,12 +159,21 @@ impl Multipart {
                     h.push_str(ct);
                     h.push_str("\r\n");
                 }
-                h.push_str(&format!("Content-Range: bytes {}-{}/{}\r\n\r\n", s, e - 1, len));
+                h.push_str(&format!(
+                    "Content-Range: bytes {}-{}/{}\r\n\r\n",
+                    s,
+                    e - 1,
+                    len
+                ));
                 h
             })
             .collect();
         let tail = format!("\r\n--{boundary}--\r\n");
-        Self { boundary, heads, tail }
+        Self {
+            boundary,
+            heads,
+            tail,
+        }
     }
 
     pub fn content_length(&self, spans: &[(u64, u64)]) -> u64 {
@@ -178,12 +198,20 @@ mod tests {
             ("bytes=-5000", 1000, Partial(vec![(0, 1000)])),
             ("bytes=990-2000", 1000, Partial(vec![(990, 1000)])),
             ("bytes=0-0,-1", 1000, Partial(vec![(0, 1), (999, 1000)])),
-            ("bytes=0-10,5-20,100-110", 1000, Partial(vec![(0, 21), (100, 111)])),
+            (
+                "bytes=0-10,5-20,100-110",
+                1000,
+                Partial(vec![(0, 21), (100, 111)]),
+            ),
             ("bytes=1000-", 1000, Unsatisfiable),
             ("bytes=5-1", 1000, Full),
             ("bytes=abc", 1000, Full),
             ("items=0-1", 1000, Full),
-            ("bytes=0-0,1-1,2-2,3-3,4-4,5-5,6-6,7-7,8-8,9-9,10-10,11-11,12-12,13-13,14-14,15-15,16-16", 1000, Full),
+            (
+                "bytes=0-0,1-1,2-2,3-3,4-4,5-5,6-6,7-7,8-8,9-9,10-10,11-11,12-12,13-13,14-14,15-15,16-16",
+                1000,
+                Full,
+            ),
         ];
         for (h, len, want) in cases {
             assert_eq!(&parse(h, *len), want, "{h}");
@@ -194,15 +222,27 @@ mod tests {
     fn if_range() {
         let mut stored = HeaderMap::new();
         stored.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
-        stored.insert(header::LAST_MODIFIED, HeaderValue::from_static("Sun, 22 Nov 2026 10:00:00 GMT"));
+        stored.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Sun, 22 Nov 2026 10:00:00 GMT"),
+        );
         let mut req = HeaderMap::new();
         req.insert(header::RANGE, HeaderValue::from_static("bytes=0-1"));
         req.insert(header::IF_RANGE, HeaderValue::from_static("\"v1\""));
-        assert_eq!(decide(&req, 10, &stored), RangeDecision::Partial(vec![(0, 2)]));
+        assert_eq!(
+            decide(&req, 10, &stored),
+            RangeDecision::Partial(vec![(0, 2)])
+        );
         req.insert(header::IF_RANGE, HeaderValue::from_static("\"v2\""));
         assert_eq!(decide(&req, 10, &stored), RangeDecision::Full);
-        req.insert(header::IF_RANGE, HeaderValue::from_static("Sun, 22 Nov 2026 10:00:00 GMT"));
-        assert_eq!(decide(&req, 10, &stored), RangeDecision::Partial(vec![(0, 2)]));
+        req.insert(
+            header::IF_RANGE,
+            HeaderValue::from_static("Sun, 22 Nov 2026 10:00:00 GMT"),
+        );
+        assert_eq!(
+            decide(&req, 10, &stored),
+            RangeDecision::Partial(vec![(0, 2)])
+        );
     }
 
     #[test]
@@ -218,6 +258,9 @@ mod tests {
         body.extend_from_slice(m.tail.as_bytes());
         assert_eq!(body.len() as u64, m.content_length(&spans));
         let text = String::from_utf8(body).expect("utf8");
-        assert!(text.contains("Content-Range: bytes 7-9/10\r\n\r\n789"), "{text}");
+        assert!(
+            text.contains("Content-Range: bytes 7-9/10\r\n\r\n789"),
+            "{text}"
+        );
     }
 }

@@ -29,7 +29,10 @@ impl Body for EdgeBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             EdgeBody::Empty => Poll::Ready(None),
             EdgeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -79,7 +82,12 @@ pub fn cache_status(params: &[&str]) -> HeaderValue {
 }
 
 /// An edge-generated error page: short, bilingual, no internals.
-pub fn error_page(status: StatusCode, fr: &str, en: &str, cache_status_params: &[&str]) -> Response<EdgeBody> {
+pub fn error_page(
+    status: StatusCode,
+    fr: &str,
+    en: &str,
+    cache_status_params: &[&str],
+) -> Response<EdgeBody> {
     let body = format!(
         "<!doctype html>\n<html lang=\"fr\"><head><meta charset=\"utf-8\"><title>{code} — Relais</title></head>\n\
          <body><main><h1>{code} — {fr}</h1>\n<p lang=\"en\">{en}</p></main></body></html>\n",
@@ -88,7 +96,10 @@ pub fn error_page(status: StatusCode, fr: &str, en: &str, cache_status_params: &
     let mut resp = Response::new(EdgeBody::Full(Some(Bytes::from(body))));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(CACHE_STATUS.clone(), cache_status(cache_status_params));
     resp

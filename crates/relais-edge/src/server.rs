@@ -43,10 +43,15 @@ impl Running {
 }
 
 async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     sock.set_reuseaddr(true)?;
     sock.set_nodelay(true)?;
-    sock.bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    sock.bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     sock.listen(4096)
 }
 
@@ -68,14 +73,24 @@ pub async fn start(edge: Arc<Edge>, reload: Option<ReloadHook>) -> io::Result<Ru
         for addr in &cfg.listen_tls {
             let l = bind(*addr).await?;
             https.push(l.local_addr()?);
-            tasks.push(tokio::spawn(accept_loop(l, edge.clone(), Some(acceptor.clone()), rx.clone())));
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                edge.clone(),
+                Some(acceptor.clone()),
+                rx.clone(),
+            )));
         }
     }
     let mut admin_addr = None;
     if let Some(addr) = cfg.admin {
         let l = bind(addr).await?;
         admin_addr = Some(l.local_addr()?);
-        tasks.push(tokio::spawn(admin::serve(l, edge.clone(), reload, rx.clone())));
+        tasks.push(tokio::spawn(admin::serve(
+            l,
+            edge.clone(),
+            reload,
+            rx.clone(),
+        )));
     }
     Ok(Running {
         http,
@@ -86,7 +101,12 @@ pub async fn start(edge: Arc<Edge>, reload: Option<ReloadHook>) -> io::Result<Ru
     })
 }
 
-async fn accept_loop(listener: TcpListener, edge: Arc<Edge>, tls: Option<TlsAcceptor>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -108,14 +128,27 @@ async fn accept_loop(listener: TcpListener, edge: Arc<Edge>, tls: Option<TlsAcce
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async { while conns.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
 }
 
-async fn serve_conn(stream: TcpStream, remote: SocketAddr, edge: Arc<Edge>, tls: Option<TlsAcceptor>, shutdown: watch::Receiver<bool>) {
+async fn serve_conn(
+    stream: TcpStream,
+    remote: SocketAddr,
+    edge: Arc<Edge>,
+    tls: Option<TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+) {
     let limits = edge.snapshot().config.limits;
     match tls {
         None => {
-            let info = ConnInfo { remote, tls: false, sni: None };
+            let info = ConnInfo {
+                remote,
+                tls: false,
+                sni: None,
+            };
             serve_io(TokioIo::new(stream), info, edge, limits, shutdown).await
         }
         Some(acc) => {
@@ -123,19 +156,30 @@ async fn serve_conn(stream: TcpStream, remote: SocketAddr, edge: Arc<Edge>, tls:
             let tls_stream = match hs {
                 Ok(Ok(s)) => s,
                 _ => {
-                    edge.metrics.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    edge.metrics
+                        .tls_handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             };
             let sni = tls_stream.get_ref().1.server_name().map(str::to_owned);
-            let info = ConnInfo { remote, tls: true, sni };
+            let info = ConnInfo {
+                remote,
+                tls: true,
+                sni,
+            };
             serve_io(TokioIo::new(tls_stream), info, edge, limits, shutdown).await
         }
     }
 }
 
-async fn serve_io<I>(io: TokioIo<I>, info: ConnInfo, edge: Arc<Edge>, limits: crate::config::Limits, mut shutdown: watch::Receiver<bool>)
-where
+async fn serve_io<I>(
+    io: TokioIo<I>,
+    info: ConnInfo,
+    edge: Arc<Edge>,
+    limits: crate::config::Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {

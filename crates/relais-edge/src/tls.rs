@@ -72,10 +72,13 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     if chain.is_empty() {
         return Err(format!("no certificate found in {}", cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
-    let signer = ring::sign::any_supported_type(&key).map_err(|e| format!("unsupported private key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let signer = ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
     let ck = CertifiedKey::new(chain, signer);
-    ck.keys_match().map_err(|e| format!("certificate {} does not match its key: {e}", cert.display()))?;
+    ck.keys_match()
+        .map_err(|e| format!("certificate {} does not match its key: {e}", cert.display()))?;
     Ok(Arc::new(ck))
 }
 
@@ -95,7 +98,9 @@ pub fn load_site_certs(config: &Config) -> Result<Certs, String> {
             }
         }
     }
-    certs.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    certs
+        .wildcard
+        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     Ok(certs)
 }
 

@@ -89,7 +89,9 @@ pub struct OriginState {
 
 impl std::fmt::Debug for OriginState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OriginState").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("OriginState")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,7 +104,11 @@ impl Drop for OriginState {
 }
 
 fn now_ms(clock: &SharedClock) -> u64 {
-    clock.now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    clock
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl OriginState {
@@ -115,14 +121,18 @@ impl OriginState {
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("cannot parse {}: {e}", ca.display()))?;
             for c in certs {
-                roots.add(c).map_err(|e| format!("bad CA in {}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("bad CA in {}: {e}", ca.display()))?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(origin.connect_timeout));
@@ -139,7 +149,11 @@ impl OriginState {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .build(https);
-        let name = origin.url.authority().map(|a| a.to_string()).unwrap_or_default();
+        let name = origin
+            .url
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         Ok(Arc::new(Self {
             origin,
             name,
@@ -172,7 +186,12 @@ impl OriginState {
             return false;
         }
         self.open_until_ms
-            .compare_exchange(until, now + CIRCUIT_COOLDOWN.as_millis() as u64, Ordering::SeqCst, Ordering::Relaxed)
+            .compare_exchange(
+                until,
+                now + CIRCUIT_COOLDOWN.as_millis() as u64,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
             .is_ok()
     }
 
@@ -186,8 +205,10 @@ impl OriginState {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.origin.health.fall {
-            self.open_until_ms
-                .store(now_ms(&self.clock) + CIRCUIT_COOLDOWN.as_millis() as u64, Ordering::Relaxed);
+            self.open_until_ms.store(
+                now_ms(&self.clock) + CIRCUIT_COOLDOWN.as_millis() as u64,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -202,7 +223,8 @@ impl OriginState {
     pub async fn send(&self, req: Request<UpBody>) -> Result<Response<Incoming>, UpstreamError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let res = tokio::time::timeout(self.origin.response_timeout, self.client.request(req)).await;
+        let res =
+            tokio::time::timeout(self.origin.response_timeout, self.client.request(req)).await;
         self.latency.observe(started.elapsed());
         let res = match res {
             Err(_) => Err(UpstreamError::Timeout {
@@ -263,13 +285,17 @@ impl OriginState {
     }
 
     async fn probe(&self) -> bool {
-        let Ok(uri) = self.uri_for(&self.origin.health.path) else { return false };
+        let Ok(uri) = self.uri_for(&self.origin.health.path) else {
+            return false;
+        };
         let mut req = Request::get(uri);
         if let Some(h) = &self.origin.host {
             req = req.header(http::header::HOST, h.as_str());
         }
         req = req.header(http::header::USER_AGENT, "relais-health/1");
-        let Ok(req) = req.body(empty_body()) else { return false };
+        let Ok(req) = req.body(empty_body()) else {
+            return false;
+        };
         match tokio::time::timeout(self.origin.health.timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => !resp.status().is_server_error(),
             _ => false,
@@ -290,7 +316,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 pub fn empty_body() -> UpBody {
     use http_body_util::BodyExt;
-    http_body_util::Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync()
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 /// All origin states, shared across config generations by origin identity so that a reload
@@ -302,16 +330,24 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// Origin states for a site's origins, reusing existing ones.
-    pub fn resolve(&self, origins: &[Origin], clock: &SharedClock, health_checks: bool) -> Result<Vec<Arc<OriginState>>, String> {
-        let mut map = self.by_id.lock().map_err(|_| "origin table poisoned".to_string())?;
+    pub fn resolve(
+        &self,
+        origins: &[Origin],
+        clock: &SharedClock,
+        health_checks: bool,
+    ) -> Result<Vec<Arc<OriginState>>, String> {
+        let mut map = self
+            .by_id
+            .lock()
+            .map_err(|_| "origin table poisoned".to_string())?;
         let mut out = Vec::with_capacity(origins.len());
         for o in origins {
             let id = o.id();
-            if let Some(s) = map.get(&id) {
-                if s.origin.health == o.health {
-                    out.push(s.clone());
-                    continue;
-                }
+            if let Some(s) = map.get(&id)
+                && s.origin.health == o.health
+            {
+                out.push(s.clone());
+                continue;
             }
             let s = OriginState::new(o.clone(), clock.clone())?;
             if health_checks {
@@ -334,11 +370,21 @@ impl Upstreams {
 /// The origins to try for one request, in order: available ones first; if none is, at most
 /// one half-open probe.
 pub fn plan(origins: &[Arc<OriginState>]) -> Vec<Arc<OriginState>> {
-    let avail: Vec<_> = origins.iter().filter(|o| o.is_available()).cloned().collect();
+    let avail: Vec<_> = origins
+        .iter()
+        .filter(|o| o.is_available())
+        .cloned()
+        .collect();
     if !avail.is_empty() {
         return avail;
     }
-    origins.iter().find(|o| o.is_healthy() && o.try_half_open()).or_else(|| origins.iter().find(|o| o.try_half_open())).cloned().into_iter().collect()
+    origins
+        .iter()
+        .find(|o| o.is_healthy() && o.try_half_open())
+        .or_else(|| origins.iter().find(|o| o.try_half_open()))
+        .cloned()
+        .into_iter()
+        .collect()
 }
 
 pub fn any_available(origins: &[Arc<OriginState>]) -> bool {

@@ -1,1 +1,363 @@
+//! Test helpers shared by the integration suites: a scriptable origin server on port 0 that
+//! records what it receives (count, peak concurrency), a raw TCP client for malformed
+//! requests, and self-signed certificates.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// A request as the origin saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How the origin answers one request.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(String, String)>,
+    pub body: ReplyBody,
+    /// Wait this long before sending the response head.
+    pub delay: Duration,
+}
+
+pub enum ReplyBody {
+    Full(Bytes),
+    /// Chunks sent as the test pushes them; the body ends when the sender is dropped.
+    Channel(mpsc::Receiver<Bytes>),
+    /// Sends the head and these bytes, then breaks the connection (a broken origin).
+    Truncated(Bytes),
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Bytes>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            headers: vec![],
+            body: ReplyBody::Full(body.into()),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn status(mut self, s: u16) -> Self {
+        self.status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+
+    pub fn channel(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            headers: vec![],
+            body: ReplyBody::Channel(rx),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// A scriptable origin.
+pub struct Origin {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    inflight: Arc<AtomicUsize>,
+    max_inflight: Arc<AtomicUsize>,
+    log: Arc<Mutex<Vec<Seen>>>,
+    handler: Arc<Mutex<Handler>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    date: DateSource,
+}
+
+type DateSource = Arc<Mutex<Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>>>;
+
+impl Origin {
+    /// Starts on 127.0.0.1:0.
+    pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Arc<Origin> {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), Arc::new(handler)).await
+    }
+
+    /// Starts on a given address (to restart an origin where it was).
+    pub async fn start_on(addr: SocketAddr, handler: Handler) -> Arc<Origin> {
+        let listener = TcpListener::bind(addr).await.expect("bind origin");
+        let addr = listener.local_addr().expect("addr");
+        let o = Arc::new(Origin {
+            addr,
+            hits: Arc::default(),
+            inflight: Arc::default(),
+            max_inflight: Arc::default(),
+            log: Arc::default(),
+            handler: Arc::new(Mutex::new(handler)),
+            task: Mutex::new(None),
+            conns: Arc::default(),
+            date: Arc::default(),
+        });
+        let date = o.date.clone();
+        let (hits, inflight, max_inflight, log, handler, conns) = (
+            o.hits.clone(),
+            o.inflight.clone(),
+            o.max_inflight.clone(),
+            o.log.clone(),
+            o.handler.clone(),
+            o.conns.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (hits, inflight, max_inflight, log, handler, date) = (
+                    hits.clone(),
+                    inflight.clone(),
+                    max_inflight.clone(),
+                    log.clone(),
+                    handler.clone(),
+                    date.clone(),
+                );
+                let conn = tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (hits, inflight, max_inflight, log, handler, date) = (
+                            hits.clone(),
+                            inflight.clone(),
+                            max_inflight.clone(),
+                            log.clone(),
+                            handler.clone(),
+                            date.clone(),
+                        );
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                method: parts.method.to_string(),
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            let now = inflight.fetch_add(1, Ordering::SeqCst) + 1;
+                            max_inflight.fetch_max(now, Ordering::SeqCst);
+                            log.lock().expect("log").push(seen.clone());
+                            let h = handler.lock().expect("handler").clone();
+                            let reply = h(&seen);
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            inflight.fetch_sub(1, Ordering::SeqCst);
+                            let mut resp = build(reply);
+                            let source = date.lock().expect("date").clone();
+                            if let Some(now) = source
+                                && !resp.headers().contains_key(http::header::DATE)
+                                && let Ok(v) =
+                                    HeaderValue::from_str(&httpdate::fmt_http_date(now()))
+                            {
+                                resp.headers_mut().insert(http::header::DATE, v);
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                conns.lock().expect("conns").push(conn);
+            }
+        });
+        *o.task.lock().expect("task") = Some(task);
+        o
+    }
+
+    /// Stamps `Date` from this clock (the same one the edge under test reads), so that ages
+    /// computed from `Date` agree with the test's notion of time.
+    pub fn set_clock(&self, now: impl Fn() -> SystemTime + Send + Sync + 'static) {
+        *self.date.lock().expect("date") = Some(Arc::new(now));
+    }
+
+    /// Replaces how the origin answers.
+    pub fn set_handler(&self, h: impl Fn(&Seen) -> Reply + Send + Sync + 'static) {
+        *self.handler.lock().expect("handler") = Arc::new(h);
+    }
+
+    /// Stops listening and cuts every open connection: the origin is down.
+    pub fn stop(&self) {
+        if let Some(t) = self.task.lock().expect("task").take() {
+            t.abort();
+        }
+        for c in self.conns.lock().expect("conns").drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Starts again on the same address with the same handler.
+    pub async fn restart(&self) -> Arc<Origin> {
+        let h = self.handler.lock().expect("handler").clone();
+        let o = Origin::start_on(self.addr, h).await;
+        *o.date.lock().expect("date") = self.date.lock().expect("date").clone();
+        o
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn max_concurrency(&self) -> usize {
+        self.max_inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn build(reply: Reply) -> Response<OriginBody> {
+    let mut truncated_len = None;
+    let body: OriginBody = match reply.body {
+        ReplyBody::Full(b) => http_body_util::Full::new(b).map_err(|e| match e {}).boxed(),
+        ReplyBody::Channel(rx) => {
+            let s = futures_stream(rx);
+            StreamBody::new(s).boxed()
+        }
+        ReplyBody::Truncated(b) => {
+            // Declare more than is sent, flush what is sent, then end: the origin's server
+            // closes the connection mid-body.
+            truncated_len = Some(b.len() + 1000);
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                let _ = tx.send(b).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                drop(tx);
+            });
+            StreamBody::new(futures_stream(rx)).boxed()
+        }
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = reply.status;
+    if let Some(len) = truncated_len {
+        r.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    for (k, v) in reply.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            r.headers_mut().append(k, v);
+        }
+    }
+    r
+}
+
+struct ChanStream(mpsc::Receiver<Bytes>);
+
+impl tokio_stream_like::Stream for ChanStream {
+    type Item = Result<Frame<Bytes>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// `Stream` is re-exported by http-body-util's StreamBody bound through futures-core.
+mod tokio_stream_like {
+    pub use futures_core::Stream;
+}
+
+fn futures_stream(rx: mpsc::Receiver<Bytes>) -> ChanStream {
+    ChanStream(rx)
+}
+
+/// Sends raw bytes and returns everything the server answers until it closes or goes quiet.
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A self-signed certificate for `hosts`, written as PEM files into `dir`.
+pub fn write_cert(dir: &Path, name: &str, hosts: &[&str]) -> (PathBuf, PathBuf, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+            .expect("cert");
+    let cert_pem = ck.cert.pem();
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, &cert_pem).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    (cert, key, cert_pem)
+}
+
+/// Polls `cond` until it holds or `within` passes; for readiness, never for timing assertions.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

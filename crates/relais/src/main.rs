@@ -16,7 +16,11 @@ use relais_edge::config::Config;
 use relais_edge::{Edge, EdgeOptions};
 
 #[derive(Parser)]
-#[command(name = "relais", version, about = "Relais — caching edge and platform for public-sector websites")]
+#[command(
+    name = "relais",
+    version,
+    about = "Relais — caching edge and platform for public-sector websites"
+)]
 struct Cli {
     /// Log format: "text" or "json".
     #[arg(long, global = true, default_value = "text", env = "RELAIS_LOG_FORMAT")]
@@ -71,13 +75,18 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(cli.command))
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RELAIS_LOG").unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("RELAIS_LOG").unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {
@@ -98,18 +107,33 @@ async fn run(cmd: Command) -> Result<()> {
             shutdown_signal().await;
             Ok(())
         }
-        Command::Edge { config: Some(path), .. } => {
+        Command::Edge {
+            config: Some(path), ..
+        } => {
             let cfg = Config::load(&path).with_context(|| "refusing to start")?;
             run_edge(cfg, Some(path)).await
         }
-        Command::Edge { config: None, listen, origin, admin, cache_dir } => {
-            let Some(origin) = origin else { bail!("--origin or --config is required") };
+        Command::Edge {
+            config: None,
+            listen,
+            origin,
+            admin,
+            cache_dir,
+        } => {
+            let Some(origin) = origin else {
+                bail!("--origin or --config is required")
+            };
             let mut cfg = Config::quick_start(listen, &origin, admin)?;
             cfg.cache.disk_path = cache_dir;
             run_edge(cfg, None).await
         }
-        Command::Serve { data, listen, admin } => {
-            std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+        Command::Serve {
+            data,
+            listen,
+            admin,
+        } => {
+            std::fs::create_dir_all(&data)
+                .with_context(|| format!("cannot create {}", data.display()))?;
             let origin = demo::start_origin("127.0.0.1:0".parse()?).await?;
             let text = demo::config_text(listen, admin, origin, &data.join("cache"));
             let cfg_path = data.join("relais.toml");
@@ -117,7 +141,10 @@ async fn run(cmd: Command) -> Result<()> {
                 std::fs::write(&cfg_path, &text)?;
             }
             let cfg = Config::parse(&text, "built-in demo configuration")?;
-            println!("Relais is serving the demo site at http://localhost:{}/ (admin: http://{admin}/metrics)", listen.port());
+            println!(
+                "Relais is serving the demo site at http://localhost:{}/ (admin: http://{admin}/metrics)",
+                listen.port()
+            );
             run_edge(cfg, None).await
         }
     }
@@ -179,7 +206,8 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 
 async fn shutdown_signal() {
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         } else {
             std::future::pending::<()>().await;

@@ -28,6 +28,7 @@ pub enum BodySource {
 
 impl BodySource {
     /// Length if known now.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Option<u64> {
         match self {
             BodySource::Mem(b) => Some(b.len() as u64),
@@ -69,7 +70,10 @@ fn file_stream(file: Arc<File>, start: u64, end: u64) -> BoxStream<'static, io::
             let want = (end - pos).min(READ_BLOCK);
             let buf = read_at(file, pos, want).await?;
             if buf.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cached body file is shorter than recorded"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "cached body file is shorter than recorded",
+                ));
             }
             let n = buf.len() as u64;
             Ok(Some((buf, pos + n)))
@@ -119,7 +123,11 @@ pub struct Growing {
 #[derive(Debug)]
 pub enum Filled {
     Mem(Bytes),
-    File { file: Arc<File>, path: PathBuf, len: u64 },
+    File {
+        file: Arc<File>,
+        path: PathBuf,
+        len: u64,
+    },
 }
 
 impl Growing {
@@ -150,11 +158,9 @@ impl Growing {
     }
 
     fn open_spill(&self) -> io::Result<(Arc<File>, PathBuf)> {
-        let path = self.spill_dir.join(format!(
-            "fill-{}-{}.tmp",
-            std::process::id(),
-            unique()
-        ));
+        let path = self
+            .spill_dir
+            .join(format!("fill-{}-{}.tmp", std::process::id(), unique()));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -202,32 +208,32 @@ impl Growing {
         Ok(())
     }
 
-    /// Marks the body complete and returns it in its final form.
+    /// Returns the complete body in its final form. Readers do not see the end yet: call
+    /// [`Growing::publish`] once the object is stored, so that a client that finished
+    /// reading and asks again finds it in the cache.
     pub fn finish(&self) -> io::Result<Filled> {
-        let filled = {
-            let mut st = self.lock();
-            st.done = Some(Ok(()));
-            match &st.file {
-                Some((file, path)) => Filled::File {
-                    file: file.clone(),
-                    path: path.clone(),
-                    len: st.written,
-                },
-                None => {
-                    let mut buf = BytesMut::with_capacity(st.written as usize);
-                    if st.chunks.len() == 1 {
-                        Filled::Mem(st.chunks[0].1.clone())
-                    } else {
-                        for (_, c) in &st.chunks {
-                            buf.extend_from_slice(c);
-                        }
-                        Filled::Mem(buf.freeze())
-                    }
+        let st = self.lock();
+        Ok(match &st.file {
+            Some((file, path)) => Filled::File {
+                file: file.clone(),
+                path: path.clone(),
+                len: st.written,
+            },
+            None if st.chunks.len() == 1 => Filled::Mem(st.chunks[0].1.clone()),
+            None => {
+                let mut buf = BytesMut::with_capacity(st.written as usize);
+                for (_, c) in &st.chunks {
+                    buf.extend_from_slice(c);
                 }
+                Filled::Mem(buf.freeze())
             }
-        };
+        })
+    }
+
+    /// Marks the body complete for readers.
+    pub fn publish(&self) {
+        self.lock().done = Some(Ok(()));
         self.progress.send_modify(|_| {});
-        Ok(filled)
     }
 
     /// Marks the body failed: readers get an error and the client connection is cut, so a
@@ -267,7 +273,11 @@ impl Growing {
     }
 
     /// A reader of `[start, end)` that follows the fill.
-    pub fn reader(self: Arc<Self>, start: u64, end: Option<u64>) -> BoxStream<'static, io::Result<Bytes>> {
+    pub fn reader(
+        self: Arc<Self>,
+        start: u64,
+        end: Option<u64>,
+    ) -> BoxStream<'static, io::Result<Bytes>> {
         let rx = self.progress.subscribe();
         stream::try_unfold((self, rx, start), move |(g, mut rx, pos)| async move {
             loop {
@@ -311,7 +321,10 @@ impl Growing {
                         let b = read_at(f, pos, want).await?;
                         let n = b.len() as u64;
                         if n == 0 {
-                            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "spill file short"));
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "spill file short",
+                            ));
                         }
                         return Ok(Some((b, (g, rx, pos + n))));
                     }
@@ -332,10 +345,10 @@ impl Drop for Growing {
     fn drop(&mut self) {
         // A spill file that was never handed over (failed or abandoned fill) is removed.
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if !matches!(st.done, Some(Ok(()))) {
-            if let Some((_, p)) = &st.file {
-                let _ = std::fs::remove_file(p);
-            }
+        if !matches!(st.done, Some(Ok(())))
+            && let Some((_, p)) = &st.file
+        {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -375,11 +388,16 @@ mod tests {
         let early = tokio::spawn(collect(g.clone().reader(0, None)));
         let ranged = tokio::spawn(collect(g.clone().reader(3, Some(14))));
         g.push(Bytes::from_static(b"hello ")).expect("push");
-        g.push(Bytes::from_static(b"world, ")).expect("push spills past 10 bytes");
+        g.push(Bytes::from_static(b"world, "))
+            .expect("push spills past 10 bytes");
         g.push(Bytes::from_static(b"and more")).expect("push");
         let filled = g.finish().expect("finish");
+        g.publish();
         assert!(matches!(filled, Filled::File { len: 21, .. }));
-        assert_eq!(early.await.expect("join").expect("read"), b"hello world, and more");
+        assert_eq!(
+            early.await.expect("join").expect("read"),
+            b"hello world, and more"
+        );
         assert_eq!(ranged.await.expect("join").expect("read"), b"lo world, a");
         let late = collect(g.clone().reader(0, None)).await.expect("read");
         assert_eq!(late, b"hello world, and more");
@@ -401,7 +419,9 @@ mod tests {
         let g = Growing::new(Some(4), 1000, dir.path()).expect("growing");
         g.push(Bytes::from_static(b"ab")).expect("push");
         g.push(Bytes::from_static(b"cd")).expect("push");
-        match g.finish().expect("finish") {
+        let filled = g.finish().expect("finish");
+        g.publish();
+        match filled {
             Filled::Mem(b) => assert_eq!(&b[..], b"abcd"),
             other => panic!("expected memory, got {other:?}"),
         }

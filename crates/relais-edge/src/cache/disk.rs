@@ -16,7 +16,10 @@ use super::{Key, Meta};
 const MAGIC: &[u8; 8] = b"RELAISM1";
 
 pub fn unique_suffix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 pub fn prepare_dir(dir: &Path) -> io::Result<()> {
@@ -95,7 +98,9 @@ pub fn scan(dir: &Path) -> io::Result<Vec<Meta>> {
                     let body = path.with_extension("body");
                     let decoded = std::fs::read(&path).ok().and_then(|b| decode(&b));
                     match (decoded, std::fs::metadata(&body)) {
-                        (Some(m), Ok(bm)) if bm.len() == m.body_len && m.expires > now => out.push(m),
+                        (Some(m), Ok(bm)) if bm.len() == m.body_len && m.expires > now => {
+                            out.push(m)
+                        }
                         _ => {
                             let _ = std::fs::remove_file(&path);
                             let _ = std::fs::remove_file(&body);
@@ -118,7 +123,9 @@ pub fn scan(dir: &Path) -> io::Result<Vec<Meta>> {
 }
 
 fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -137,7 +144,9 @@ pub fn encode(m: &Meta) -> Vec<u8> {
     o.extend_from_slice(&ms(m.response_time).to_le_bytes());
     o.extend_from_slice(&(m.initial_age.as_millis() as u64).to_le_bytes());
     o.extend_from_slice(&(m.fresh.lifetime.as_millis() as u64).to_le_bytes());
-    let flags = m.fresh.heuristic as u8 | (m.fresh.no_cache as u8) << 1 | (m.fresh.must_revalidate as u8) << 2;
+    let flags = m.fresh.heuristic as u8
+        | (m.fresh.no_cache as u8) << 1
+        | (m.fresh.must_revalidate as u8) << 2;
     o.push(flags);
     o.extend_from_slice(&(m.fresh.stale_while_revalidate.as_millis() as u64).to_le_bytes());
     o.extend_from_slice(&(m.fresh.stale_if_error.as_millis() as u64).to_le_bytes());
@@ -180,16 +189,24 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
     fn u16(&mut self) -> Option<u16> {
-        self.take(2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)
+        self.take(2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_le_bytes)
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
     }
     fn u128(&mut self) -> Option<u128> {
-        self.take(16).and_then(|b| b.try_into().ok()).map(u128::from_le_bytes)
+        self.take(16)
+            .and_then(|b| b.try_into().ok())
+            .map(u128::from_le_bytes)
     }
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
@@ -276,8 +293,14 @@ mod tests {
     #[test]
     fn meta_round_trips_and_garbage_is_refused() {
         let mut headers = HeaderMap::new();
-        headers.append("content-type", HeaderValue::from_static("text/html; charset=utf-8"));
-        headers.append("set-thing", HeaderValue::from_bytes(b"caf\xc3\xa9").expect("obs-text"));
+        headers.append(
+            "content-type",
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.append(
+            "set-thing",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").expect("obs-text"),
+        );
         headers.append("set-thing", HeaderValue::from_static("two"));
         let m = Meta {
             key: 42,

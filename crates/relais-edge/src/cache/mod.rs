@@ -144,16 +144,21 @@ pub struct Meta {
 
 impl Meta {
     pub fn current_age(&self, now: SystemTime) -> Duration {
-        self.initial_age + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)
+        self.initial_age
+            + now
+                .duration_since(self.response_time)
+                .unwrap_or(Duration::ZERO)
     }
 
     /// Seconds of freshness left (negative once stale).
     pub fn ttl(&self, now: SystemTime) -> i64 {
-        self.fresh.lifetime.min(MAX_LIFETIME).as_secs() as i64 - self.current_age(now).as_secs() as i64
+        self.fresh.lifetime.min(MAX_LIFETIME).as_secs() as i64
+            - self.current_age(now).as_secs() as i64
     }
 
     pub fn staleness(&self, now: SystemTime) -> Duration {
-        self.current_age(now).saturating_sub(self.fresh.lifetime.min(MAX_LIFETIME))
+        self.current_age(now)
+            .saturating_sub(self.fresh.lifetime.min(MAX_LIFETIME))
     }
 
     pub fn is_fresh(&self, now: SystemTime) -> bool {
@@ -161,21 +166,31 @@ impl Meta {
     }
 
     pub fn has_validators(&self) -> bool {
-        self.headers.contains_key(http::header::ETAG) || self.headers.contains_key(http::header::LAST_MODIFIED)
+        self.headers.contains_key(http::header::ETAG)
+            || self.headers.contains_key(http::header::LAST_MODIFIED)
     }
 
     /// Computes `expires` from freshness, the site's grace and validators.
     pub fn compute_expires(&mut self, grace: Duration) {
-        let mut keep = grace.max(self.fresh.stale_if_error).max(self.fresh.stale_while_revalidate);
+        let mut keep = grace
+            .max(self.fresh.stale_if_error)
+            .max(self.fresh.stale_while_revalidate);
         if self.has_validators() {
             keep = keep.max(KEEP_FOR_REVALIDATION);
         }
-        let born = self.response_time.checked_sub(self.initial_age).unwrap_or(self.response_time);
+        let born = self
+            .response_time
+            .checked_sub(self.initial_age)
+            .unwrap_or(self.response_time);
         self.expires = born + self.fresh.lifetime.min(MAX_LIFETIME) + keep;
     }
 
     fn weight(&self) -> u64 {
-        let h: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
+        let h: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
         (h + self.path.len() + 256) as u64
     }
 }
@@ -204,7 +219,9 @@ impl PurgeTarget {
     fn matches(&self, m: &Meta) -> bool {
         match self {
             PurgeTarget::Url { site, primary } => *site == m.site && *primary == m.primary,
-            PurgeTarget::Prefix { site, prefix } => *site == m.site && m.path.starts_with(prefix.as_str()),
+            PurgeTarget::Prefix { site, prefix } => {
+                *site == m.site && m.path.starts_with(prefix.as_str())
+            }
             PurgeTarget::Tag { site, tag } => *site == m.site && m.tags.iter().any(|t| t == tag),
             PurgeTarget::Site { site } => *site == m.site,
         }
@@ -249,7 +266,10 @@ struct SiteIndex {
 
 impl SiteIndex {
     fn add(&mut self, m: &Meta) {
-        self.by_path.entry(m.path.clone()).or_default().insert(m.key);
+        self.by_path
+            .entry(m.path.clone())
+            .or_default()
+            .insert(m.key);
         for t in &m.tags {
             self.by_tag.entry(t.clone()).or_default().insert(m.key);
         }
@@ -257,7 +277,11 @@ impl SiteIndex {
     }
 
     fn remove(&mut self, m: &Meta) {
-        fn drop_key<K: std::hash::Hash + Eq + Ord + Clone>(map: &mut impl MapLike<K>, k: &K, key: Key) {
+        fn drop_key<K: std::hash::Hash + Eq + Ord + Clone>(
+            map: &mut impl MapLike<K>,
+            k: &K,
+            key: Key,
+        ) {
             map.remove_key(k, key);
         }
         drop_key(&mut self.by_path, &m.path, m.key);
@@ -269,15 +293,30 @@ impl SiteIndex {
 
     fn keys(&self, target: &PurgeTarget) -> Vec<Key> {
         match target {
-            PurgeTarget::Url { primary, .. } => self.by_primary.get(primary).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+            PurgeTarget::Url { primary, .. } => self
+                .by_primary
+                .get(primary)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
             PurgeTarget::Prefix { prefix, .. } => self
                 .by_path
-                .range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
                 .take_while(|(p, _)| p.starts_with(prefix.as_str()))
                 .flat_map(|(_, s)| s.iter().copied())
                 .collect(),
-            PurgeTarget::Tag { tag, .. } => self.by_tag.get(tag).map(|s| s.iter().copied().collect()).unwrap_or_default(),
-            PurgeTarget::Site { .. } => self.by_primary.values().flat_map(|s| s.iter().copied()).collect(),
+            PurgeTarget::Tag { tag, .. } => self
+                .by_tag
+                .get(tag)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
+            PurgeTarget::Site { .. } => self
+                .by_primary
+                .values()
+                .flat_map(|s| s.iter().copied())
+                .collect(),
         }
     }
 }
@@ -345,7 +384,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -355,7 +396,11 @@ impl Store {
         let (dir, persistent) = match &cfg.disk_path {
             Some(p) => (p.clone(), true),
             None => (
-                std::env::temp_dir().join(format!("relais-cache-{}-{}", std::process::id(), disk::unique_suffix())),
+                std::env::temp_dir().join(format!(
+                    "relais-cache-{}-{}",
+                    std::process::id(),
+                    disk::unique_suffix()
+                )),
                 false,
             ),
         };
@@ -363,8 +408,20 @@ impl Store {
         let est_items = (cfg.memory_bytes / 8192).clamp(1024, 4_000_000) as usize;
         let disk_items = (cfg.disk_bytes / 65536).clamp(1024, 16_000_000) as usize;
         let store = Store {
-            mem: Cache::with(est_items, cfg.memory_bytes.max(1), ObjWeighter, DefaultHashBuilder::default(), Collect),
-            disk: Cache::with(disk_items, cfg.disk_bytes.max(1), DiskWeighter, DefaultHashBuilder::default(), Collect),
+            mem: Cache::with(
+                est_items,
+                cfg.memory_bytes.max(1),
+                ObjWeighter,
+                DefaultHashBuilder::default(),
+                Collect,
+            ),
+            disk: Cache::with(
+                disk_items,
+                cfg.disk_bytes.max(1),
+                DiskWeighter,
+                DefaultHashBuilder::default(),
+                Collect,
+            ),
             vary: Cache::new(est_items.min(1_000_000)),
             index: Mutex::new(Index {
                 sites: HashMap::new(),
@@ -386,7 +443,9 @@ impl Store {
                     store.vary.insert(meta.primary, meta.vary.clone().into());
                 }
                 let mut ev = Vec::new();
-                store.disk.insert_with_lifecycle(meta.key, meta.clone(), &mut ev);
+                store
+                    .disk
+                    .insert_with_lifecycle(meta.key, meta.clone(), &mut ev);
                 idx.sites.entry(meta.site.clone()).or_default().add(&meta);
                 store.drop_disk_evicted(&mut idx, ev);
             }
@@ -436,7 +495,10 @@ impl Store {
             Ok((file, len)) => Some((
                 Arc::new(Object {
                     meta,
-                    body: BodySource::File { file: Arc::new(file), len },
+                    body: BodySource::File {
+                        file: Arc::new(file),
+                        len,
+                    },
                 }),
                 Tier::Disk,
             )),
@@ -459,7 +521,10 @@ impl Store {
             Some((first, _)) if *first <= since + 1 => {}
             _ => return true,
         }
-        idx.recent.iter().filter(|(e, _)| *e > since).any(|(_, t)| t.matches(meta))
+        idx.recent
+            .iter()
+            .filter(|(e, _)| *e > since)
+            .any(|(_, t)| t.matches(meta))
     }
 
     /// Admits a completed fill. `since` is the purge epoch when the fill started. Returns the
@@ -491,7 +556,8 @@ impl Store {
                 });
                 let mut ev = Vec::new();
                 if len <= self.max_mem_object {
-                    self.mem.insert_with_lifecycle(meta.key, obj.clone(), &mut ev);
+                    self.mem
+                        .insert_with_lifecycle(meta.key, obj.clone(), &mut ev);
                 }
                 idx.sites.entry(meta.site.clone()).or_default().add(&meta);
                 self.drop_mem_evicted(&mut idx, ev);
@@ -500,7 +566,9 @@ impl Store {
                 obj
             }
             Filled::File { file, path, len } => {
-                if let Err(e) = disk::install_body(&self.dir, meta.key, &path).and_then(|_| disk::write_meta(&self.dir, &meta)) {
+                if let Err(e) = disk::install_body(&self.dir, meta.key, &path)
+                    .and_then(|_| disk::write_meta(&self.dir, &meta))
+                {
                     tracing::warn!(error = %e, "cannot store body on disk");
                     self.stats.disk_errors.fetch_add(1, Ordering::Relaxed);
                     let _ = std::fs::remove_file(&path);
@@ -508,7 +576,8 @@ impl Store {
                 }
                 self.mem.remove(&meta.key);
                 let mut ev = Vec::new();
-                self.disk.insert_with_lifecycle(meta.key, meta.clone(), &mut ev);
+                self.disk
+                    .insert_with_lifecycle(meta.key, meta.clone(), &mut ev);
                 idx.sites.entry(meta.site.clone()).or_default().add(&meta);
                 self.drop_disk_evicted(&mut idx, ev);
                 Arc::new(Object {
@@ -526,8 +595,11 @@ impl Store {
         if !self.persistent {
             return;
         }
-        let BodySource::Mem(bytes) = &obj.body else { return };
-        let res = disk::write_body(&self.dir, obj.meta.key, bytes).and_then(|_| disk::write_meta(&self.dir, &obj.meta));
+        let BodySource::Mem(bytes) = &obj.body else {
+            return;
+        };
+        let res = disk::write_body(&self.dir, obj.meta.key, bytes)
+            .and_then(|_| disk::write_meta(&self.dir, &obj.meta));
         if let Err(e) = res {
             tracing::warn!(error = %e, "cannot persist object");
             self.stats.disk_errors.fetch_add(1, Ordering::Relaxed);
@@ -539,8 +611,12 @@ impl Store {
             return;
         }
         let mut ev = Vec::new();
-        self.disk.insert_with_lifecycle(obj.meta.key, obj.meta.clone(), &mut ev);
-        idx.sites.entry(obj.meta.site.clone()).or_default().add(&obj.meta);
+        self.disk
+            .insert_with_lifecycle(obj.meta.key, obj.meta.clone(), &mut ev);
+        idx.sites
+            .entry(obj.meta.site.clone())
+            .or_default()
+            .add(&obj.meta);
         self.drop_disk_evicted(&mut idx, ev);
     }
 
@@ -551,11 +627,22 @@ impl Store {
         }
         let mut idx = self.lock_index();
         // Only if it is still the current disk object (not purged or replaced meanwhile).
-        if !self.disk.get(&meta.key).is_some_and(|m| Arc::ptr_eq(&m, &meta)) {
+        if !self
+            .disk
+            .get(&meta.key)
+            .is_some_and(|m| Arc::ptr_eq(&m, &meta))
+        {
             return;
         }
         let mut ev = Vec::new();
-        self.mem.insert_with_lifecycle(meta.key, Arc::new(Object { meta, body: BodySource::Mem(bytes) }), &mut ev);
+        self.mem.insert_with_lifecycle(
+            meta.key,
+            Arc::new(Object {
+                meta,
+                body: BodySource::Mem(bytes),
+            }),
+            &mut ev,
+        );
         self.drop_mem_evicted(&mut idx, ev);
     }
 
@@ -573,7 +660,8 @@ impl Store {
         if self.mem.contains_key(&meta.key) || matches!(old.body, BodySource::Mem(_)) {
             let mut ev = Vec::new();
             if old.body.len().unwrap_or(u64::MAX) <= self.max_mem_object {
-                self.mem.insert_with_lifecycle(meta.key, obj.clone(), &mut ev);
+                self.mem
+                    .insert_with_lifecycle(meta.key, obj.clone(), &mut ev);
             }
             self.drop_mem_evicted(&mut idx, ev);
         }
@@ -582,7 +670,8 @@ impl Store {
                 tracing::warn!(error = %e, "cannot update stored metadata");
             }
             let mut ev = Vec::new();
-            self.disk.insert_with_lifecycle(meta.key, meta.clone(), &mut ev);
+            self.disk
+                .insert_with_lifecycle(meta.key, meta.clone(), &mut ev);
             self.drop_disk_evicted(&mut idx, ev);
         }
         let site = idx.sites.entry(meta.site.clone()).or_default();
@@ -594,10 +683,10 @@ impl Store {
     fn drop_mem_evicted(&self, idx: &mut Index, ev: Vec<(Key, Arc<Object>)>) {
         for (k, o) in ev {
             self.stats.mem_evictions.fetch_add(1, Ordering::Relaxed);
-            if !self.disk.contains_key(&k) {
-                if let Some(s) = idx.sites.get_mut(&o.meta.site) {
-                    s.remove(&o.meta);
-                }
+            if !self.disk.contains_key(&k)
+                && let Some(s) = idx.sites.get_mut(&o.meta.site)
+            {
+                s.remove(&o.meta);
             }
         }
     }
@@ -606,10 +695,10 @@ impl Store {
         for (k, m) in ev {
             self.stats.disk_evictions.fetch_add(1, Ordering::Relaxed);
             disk::delete(&self.dir, k);
-            if !self.mem.contains_key(&k) {
-                if let Some(s) = idx.sites.get_mut(&m.site) {
-                    s.remove(&m);
-                }
+            if !self.mem.contains_key(&k)
+                && let Some(s) = idx.sites.get_mut(&m.site)
+            {
+                s.remove(&m);
             }
         }
     }
@@ -649,7 +738,11 @@ impl Store {
             | PurgeTarget::Tag { site, .. }
             | PurgeTarget::Site { site } => site.clone(),
         };
-        let keys = idx.sites.get(&site).map(|s| s.keys(target)).unwrap_or_default();
+        let keys = idx
+            .sites
+            .get(&site)
+            .map(|s| s.keys(target))
+            .unwrap_or_default();
         let mut n = 0;
         for k in keys {
             if self.remove_locked(&mut idx, k) {
@@ -659,7 +752,9 @@ impl Store {
         if matches!(target, PurgeTarget::Site { .. }) {
             idx.sites.remove(&site);
         }
-        self.stats.purged_objects.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats
+            .purged_objects
+            .fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
@@ -768,15 +863,38 @@ mod tests {
             ("b", "/news/1", vec!["news"]),
         ] {
             let m = meta(site, path, &tags, now);
-            s.admit(m, Filled::Mem(bytes::Bytes::from_static(b"x")), s.epoch()).expect("admitted");
+            s.admit(m, Filled::Mem(bytes::Bytes::from_static(b"x")), s.epoch())
+                .expect("admitted");
         }
-        let present = |site: &str, path: &str| s.lookup(primary_key(site, "h", path), now).is_some();
-        assert_eq!(s.purge(&PurgeTarget::Prefix { site: "a".into(), prefix: "/news/".into() }), 2);
+        let present =
+            |site: &str, path: &str| s.lookup(primary_key(site, "h", path), now).is_some();
+        assert_eq!(
+            s.purge(&PurgeTarget::Prefix {
+                site: "a".into(),
+                prefix: "/news/".into()
+            }),
+            2
+        );
         assert!(!present("a", "/news/1") && !present("a", "/news/2?x=1"));
-        assert!(present("a", "/newsletter") && present("b", "/news/1"), "other paths and sites untouched");
-        assert_eq!(s.purge(&PurgeTarget::Tag { site: "a".into(), tag: "front".into() }), 1);
+        assert!(
+            present("a", "/newsletter") && present("b", "/news/1"),
+            "other paths and sites untouched"
+        );
+        assert_eq!(
+            s.purge(&PurgeTarget::Tag {
+                site: "a".into(),
+                tag: "front".into()
+            }),
+            1
+        );
         assert!(!present("a", "/about"));
-        assert_eq!(s.purge(&PurgeTarget::Url { site: "a".into(), primary: primary_key("a", "h", "/newsletter") }), 1);
+        assert_eq!(
+            s.purge(&PurgeTarget::Url {
+                site: "a".into(),
+                primary: primary_key("a", "h", "/newsletter")
+            }),
+            1
+        );
         assert_eq!(s.purge(&PurgeTarget::Site { site: "b".into() }), 1);
         assert_eq!(s.mem_objects(), 0);
     }
@@ -787,11 +905,21 @@ mod tests {
         let s = mem_store(dir.path());
         let now = SystemTime::now();
         let since = s.epoch();
-        s.purge(&PurgeTarget::Prefix { site: "a".into(), prefix: "/x".into() });
+        s.purge(&PurgeTarget::Prefix {
+            site: "a".into(),
+            prefix: "/x".into(),
+        });
         let m = meta("a", "/x/1", &[], now);
-        assert!(s.admit(m, Filled::Mem(bytes::Bytes::from_static(b"x")), since).is_none());
+        assert!(
+            s.admit(m, Filled::Mem(bytes::Bytes::from_static(b"x")), since)
+                .is_none()
+        );
         let m = meta("a", "/y/1", &[], now);
-        assert!(s.admit(m, Filled::Mem(bytes::Bytes::from_static(b"x")), since).is_some(), "unrelated purge does not block");
+        assert!(
+            s.admit(m, Filled::Mem(bytes::Bytes::from_static(b"x")), since)
+                .is_some(),
+            "unrelated purge does not block"
+        );
     }
 
     #[test]
@@ -816,10 +944,20 @@ mod tests {
         h2.append("accept-encoding", HeaderValue::from_static("gzip"));
         h2.append("accept-encoding", HeaderValue::from_static("br"));
         let names = vec![HeaderName::from_static("accept-encoding")];
-        assert_eq!(variant_key(1, &names, &h), variant_key(1, &names, &h2), "whitespace and line folding");
-        assert_ne!(variant_key(1, &names, &h), variant_key(1, &names, &HeaderMap::new()));
+        assert_eq!(
+            variant_key(1, &names, &h),
+            variant_key(1, &names, &h2),
+            "whitespace and line folding"
+        );
+        assert_ne!(
+            variant_key(1, &names, &h),
+            variant_key(1, &names, &HeaderMap::new())
+        );
         let mut resp = HeaderMap::new();
-        resp.append("vary", HeaderValue::from_static("Accept-Encoding, accept-language"));
+        resp.append(
+            "vary",
+            HeaderValue::from_static("Accept-Encoding, accept-language"),
+        );
         assert_eq!(vary_names(&resp).expect("names").len(), 2);
         resp.append("vary", HeaderValue::from_static("*"));
         assert!(vary_names(&resp).is_none());

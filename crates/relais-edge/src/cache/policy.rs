@@ -165,7 +165,9 @@ pub fn request_directives(headers: &HeaderMap) -> Directives {
     }
     let mut d = Directives::default();
     for v in headers.get_all(header::PRAGMA) {
-        if v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("no-cache")) {
+        if v.to_str()
+            .is_ok_and(|s| s.to_ascii_lowercase().contains("no-cache"))
+        {
             d.no_cache = true;
         }
     }
@@ -258,7 +260,10 @@ pub fn storable(
     headers: &HeaderMap,
     response_time: SystemTime,
 ) -> Result<Freshness, NotStored> {
-    if status.is_informational() || status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
         return Err(NotStored::Status);
     }
     let (d, governing) = response_directives(headers);
@@ -278,21 +283,26 @@ pub fn storable(
     if req.authorization && !(d.public || d.s_maxage.is_some() || d.must_revalidate) {
         return Err(NotStored::Authorization);
     }
-    if headers
-        .get_all(header::VARY)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|p| p.trim() == "*")))
-    {
+    if headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|p| p.trim() == "*"))
+    }) {
         return Err(NotStored::VaryStar);
     }
     // A Set-Cookie response is personal unless a field aimed at CDNs says otherwise.
     if headers.contains_key(header::SET_COOKIE)
-        && !matches!(governing, Governing::RelaisCacheControl | Governing::CdnCacheControl)
+        && !matches!(
+            governing,
+            Governing::RelaisCacheControl | Governing::CdnCacheControl
+        )
     {
         return Err(NotStored::SetCookie);
     }
 
-    let targeted = matches!(governing, Governing::RelaisCacheControl | Governing::CdnCacheControl);
+    let targeted = matches!(
+        governing,
+        Governing::RelaisCacheControl | Governing::CdnCacheControl
+    );
     let date = header_date(headers, header::DATE).unwrap_or(response_time);
     let explicit = if let Some(s) = d.s_maxage {
         Some(Duration::from_secs(s))
@@ -345,7 +355,11 @@ pub fn header_date(headers: &HeaderMap, name: HeaderName) -> Option<SystemTime> 
 }
 
 /// `corrected_initial_age` of RFC 9111 §4.2.3, computed once when a response arrives.
-pub fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Duration {
+pub fn initial_age(
+    headers: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Duration {
     let date = header_date(headers, header::DATE).unwrap_or(response_time);
     let apparent = response_time.duration_since(date).unwrap_or(Duration::ZERO);
     let age_value = headers
@@ -353,7 +367,9 @@ pub fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time:
         .and_then(|v| v.to_str().ok())
         .and_then(|s| parse_delta(Some(s)))
         .unwrap_or(0);
-    let delay = response_time.duration_since(request_time).unwrap_or(Duration::ZERO);
+    let delay = response_time
+        .duration_since(request_time)
+        .unwrap_or(Duration::ZERO);
     apparent.max(Duration::from_secs(age_value) + delay)
 }
 
@@ -361,7 +377,11 @@ pub fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time:
 pub fn updatable_on_304(name: &HeaderName) -> bool {
     !matches!(
         name.as_str(),
-        "content-length" | "content-encoding" | "transfer-encoding" | "content-range" | "content-type"
+        "content-length"
+            | "content-encoding"
+            | "transfer-encoding"
+            | "content-range"
+            | "content-type"
     )
 }
 
@@ -435,16 +455,31 @@ mod tests {
     #[test]
     fn parses_directives() {
         let d = parse_cache_control(
-            &h(&[("cache-control", "public, max-age=\"60\", s-maxage=30"), ("cache-control", "max-age=99, no-cache=\"set-cookie, foo\"")]),
+            &h(&[
+                ("cache-control", "public, max-age=\"60\", s-maxage=30"),
+                ("cache-control", "max-age=99, no-cache=\"set-cookie, foo\""),
+            ]),
             &header::CACHE_CONTROL,
         )
         .expect("present");
-        assert_eq!(d.max_age, Some(60), "first occurrence wins, quoted accepted");
+        assert_eq!(
+            d.max_age,
+            Some(60),
+            "first occurrence wins, quoted accepted"
+        );
         assert_eq!(d.s_maxage, Some(30));
         assert!(d.public && d.no_cache);
-        let d = parse_cache_control(&h(&[("cache-control", "max-age=abc")]), &header::CACHE_CONTROL).expect("present");
+        let d = parse_cache_control(
+            &h(&[("cache-control", "max-age=abc")]),
+            &header::CACHE_CONTROL,
+        )
+        .expect("present");
         assert_eq!(d.max_age, Some(0), "invalid max-age is treated as stale");
-        let d = parse_cache_control(&h(&[("cache-control", "max-age=99999999999999")]), &header::CACHE_CONTROL).expect("present");
+        let d = parse_cache_control(
+            &h(&[("cache-control", "max-age=99999999999999")]),
+            &header::CACHE_CONTROL,
+        )
+        .expect("present");
         assert_eq!(d.max_age, Some(MAX_DELTA));
     }
 
@@ -452,27 +487,92 @@ mod tests {
     #[test]
     fn storability_and_freshness_table() {
         let date = "Sun, 22 Nov 2026 12:00:00 GMT";
-        let cases: Vec<(Vec<(&str, &str)>, Result<u64, NotStored>)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Result<u64, NotStored>);
+        let cases: Vec<Case> = vec![
             (vec![("cache-control", "max-age=60")], Ok(60)),
             (vec![("cache-control", "max-age=60, s-maxage=10")], Ok(10)),
-            (vec![("cache-control", "no-store, max-age=60")], Err(NotStored::NoStore)),
-            (vec![("cache-control", "private, max-age=60")], Err(NotStored::Private)),
-            (vec![("cache-control", "max-age=60"), ("vary", "accept, *")], Err(NotStored::VaryStar)),
-            (vec![("cache-control", "max-age=60"), ("set-cookie", "a=b")], Err(NotStored::SetCookie)),
-            (vec![("cdn-cache-control", "max-age=60"), ("set-cookie", "a=b")], Ok(60)),
-            (vec![("date", date), ("expires", "Sun, 22 Nov 2026 12:10:00 GMT")], Ok(600)),
+            (
+                vec![("cache-control", "no-store, max-age=60")],
+                Err(NotStored::NoStore),
+            ),
+            (
+                vec![("cache-control", "private, max-age=60")],
+                Err(NotStored::Private),
+            ),
+            (
+                vec![("cache-control", "max-age=60"), ("vary", "accept, *")],
+                Err(NotStored::VaryStar),
+            ),
+            (
+                vec![("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+                Err(NotStored::SetCookie),
+            ),
+            (
+                vec![("cdn-cache-control", "max-age=60"), ("set-cookie", "a=b")],
+                Ok(60),
+            ),
+            (
+                vec![("date", date), ("expires", "Sun, 22 Nov 2026 12:10:00 GMT")],
+                Ok(600),
+            ),
             (vec![("date", date), ("expires", "0")], Ok(0)),
-            (vec![("date", date), ("expires", "Sun, 22 Nov 2026 12:10:00 GMT"), ("cache-control", "max-age=5")], Ok(5)),
-            (vec![("date", date), ("last-modified", "Sun, 22 Nov 2026 02:00:00 GMT")], Ok(3600)),
-            (vec![("date", date), ("last-modified", "Sun, 22 Nov 2020 02:00:00 GMT")], Ok(86400)),
+            (
+                vec![
+                    ("date", date),
+                    ("expires", "Sun, 22 Nov 2026 12:10:00 GMT"),
+                    ("cache-control", "max-age=5"),
+                ],
+                Ok(5),
+            ),
+            (
+                vec![
+                    ("date", date),
+                    ("last-modified", "Sun, 22 Nov 2026 02:00:00 GMT"),
+                ],
+                Ok(3600),
+            ),
+            (
+                vec![
+                    ("date", date),
+                    ("last-modified", "Sun, 22 Nov 2020 02:00:00 GMT"),
+                ],
+                Ok(86400),
+            ),
             (vec![], Ok(0)),
             // targeted fields replace Cache-Control entirely
-            (vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=300")], Ok(300)),
-            (vec![("cache-control", "max-age=300"), ("cdn-cache-control", "no-store")], Err(NotStored::NoStore)),
-            (vec![("cdn-cache-control", "max-age=300"), ("relais-cache-control", "max-age=7")], Ok(7)),
-            (vec![("cache-control", "max-age=300"), ("cdn-cache-control", "public")], Ok(0)),
+            (
+                vec![
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=300"),
+                ],
+                Ok(300),
+            ),
+            (
+                vec![
+                    ("cache-control", "max-age=300"),
+                    ("cdn-cache-control", "no-store"),
+                ],
+                Err(NotStored::NoStore),
+            ),
+            (
+                vec![
+                    ("cdn-cache-control", "max-age=300"),
+                    ("relais-cache-control", "max-age=7"),
+                ],
+                Ok(7),
+            ),
+            (
+                vec![
+                    ("cache-control", "max-age=300"),
+                    ("cdn-cache-control", "public"),
+                ],
+                Ok(0),
+            ),
             // must-understand overrides no-store for understood statuses
-            (vec![("cache-control", "must-understand, no-store, max-age=60")], Ok(60)),
+            (
+                vec![("cache-control", "must-understand, no-store, max-age=60")],
+                Ok(60),
+            ),
         ];
         for (pairs, expected) in cases {
             let got = store(&pairs).map(|f| f.lifetime.as_secs());
@@ -485,19 +585,83 @@ mod tests {
         let t = now();
         let none = HeaderMap::new();
         assert_eq!(
-            storable(RequestFacts::default(), StatusCode::INTERNAL_SERVER_ERROR, &none, t),
+            storable(
+                RequestFacts::default(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &none,
+                t
+            ),
             Err(NotStored::NoFreshness),
             "500 is not heuristically cacheable"
         );
-        assert!(storable(RequestFacts::default(), StatusCode::INTERNAL_SERVER_ERROR, &h(&[("cache-control", "max-age=5")]), t).is_ok());
-        assert_eq!(storable(RequestFacts::default(), StatusCode::PARTIAL_CONTENT, &h(&[("cache-control", "max-age=5")]), t), Err(NotStored::Status));
-        let auth = RequestFacts { authorization: true, ..Default::default() };
-        assert_eq!(storable(auth, StatusCode::OK, &h(&[("cache-control", "max-age=5")]), t), Err(NotStored::Authorization));
-        assert!(storable(auth, StatusCode::OK, &h(&[("cache-control", "public, max-age=5")]), t).is_ok());
-        assert!(storable(auth, StatusCode::OK, &h(&[("cache-control", "s-maxage=5")]), t).is_ok());
-        let cookie = RequestFacts { cookie: true, ..Default::default() };
-        assert_eq!(storable(cookie, StatusCode::OK, &none, t), Err(NotStored::NoFreshness), "no heuristic for cookie requests");
-        let f = storable(RequestFacts::default(), StatusCode::OK, &h(&[("cache-control", "s-maxage=5, stale-while-revalidate=30, stale-if-error=600")]), t).expect("stored");
+        assert!(
+            storable(
+                RequestFacts::default(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &h(&[("cache-control", "max-age=5")]),
+                t
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            storable(
+                RequestFacts::default(),
+                StatusCode::PARTIAL_CONTENT,
+                &h(&[("cache-control", "max-age=5")]),
+                t
+            ),
+            Err(NotStored::Status)
+        );
+        let auth = RequestFacts {
+            authorization: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            storable(
+                auth,
+                StatusCode::OK,
+                &h(&[("cache-control", "max-age=5")]),
+                t
+            ),
+            Err(NotStored::Authorization)
+        );
+        assert!(
+            storable(
+                auth,
+                StatusCode::OK,
+                &h(&[("cache-control", "public, max-age=5")]),
+                t
+            )
+            .is_ok()
+        );
+        assert!(
+            storable(
+                auth,
+                StatusCode::OK,
+                &h(&[("cache-control", "s-maxage=5")]),
+                t
+            )
+            .is_ok()
+        );
+        let cookie = RequestFacts {
+            cookie: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            storable(cookie, StatusCode::OK, &none, t),
+            Err(NotStored::NoFreshness),
+            "no heuristic for cookie requests"
+        );
+        let f = storable(
+            RequestFacts::default(),
+            StatusCode::OK,
+            &h(&[(
+                "cache-control",
+                "s-maxage=5, stale-while-revalidate=30, stale-if-error=600",
+            )]),
+            t,
+        )
+        .expect("stored");
         assert!(f.must_revalidate, "s-maxage implies proxy-revalidate");
         assert_eq!(f.stale_while_revalidate, Duration::from_secs(30));
         assert_eq!(f.stale_if_error, Duration::from_secs(600));
@@ -516,7 +680,12 @@ mod tests {
 
     #[test]
     fn hop_by_hop() {
-        let mut m = h(&[("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-keep", "1")]);
+        let mut m = h(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("x-keep", "1"),
+        ]);
         strip_hop_by_hop(&mut m);
         assert_eq!(m.len(), 1);
         assert!(m.contains_key("x-keep"));
