@@ -41,6 +41,9 @@ use crate::upstream::{self, OriginState, UpBody, UpstreamError, Upstreams};
 
 /// How long a URL whose response was not storable skips request coalescing.
 const PASS_MARK: Duration = Duration::from_secs(120);
+/// After an origin error while stale content was available, how long that URL is served
+/// stale without asking the origin again (per URL, so one failing page never affects others).
+const ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
 static PURGE: std::sync::LazyLock<Method> =
     std::sync::LazyLock::new(|| Method::from_bytes(b"PURGE").unwrap_or(Method::DELETE));
@@ -125,6 +128,7 @@ pub struct Edge {
     site_metrics: Mutex<HashMap<String, Arc<SiteMetrics>>>,
     inflight: Mutex<HashMap<Key, Arc<Fill>>>,
     pass_marks: quick_cache::sync::Cache<Key, SystemTime>,
+    error_backoff: quick_cache::sync::Cache<Key, SystemTime>,
     pub certs: Arc<CertStore>,
     options: EdgeOptions,
     generation: AtomicU64,
@@ -160,6 +164,7 @@ impl Edge {
             site_metrics: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             pass_marks: quick_cache::sync::Cache::new(100_000),
+            error_backoff: quick_cache::sync::Cache::new(100_000),
             certs,
             options,
             generation: AtomicU64::new(0),
@@ -430,6 +435,21 @@ impl Edge {
                     let ttl = format!("ttl={}", m.ttl(now));
                     return self.respond(&parts, obj, &["hit", &ttl, "detail=max-stale"], now);
                 }
+                // The origin just failed for this URL: keep serving stale for a while.
+                let backing_off = self
+                    .error_backoff
+                    .get(&lk.key)
+                    .is_some_and(|until| until > now);
+                if backing_off && staleness <= rt.site.grace.max(m.fresh.stale_if_error) {
+                    rt.metrics.count(Outcome::Stale);
+                    let ttl = format!("ttl={}", m.ttl(now));
+                    return self.respond(
+                        &parts,
+                        obj,
+                        &["hit", &ttl, "detail=origin-error-backoff"],
+                        now,
+                    );
+                }
                 // Every origin is down: serve stale within grace without asking.
                 if !upstream::any_available(&rt.origins)
                     && staleness <= rt.site.grace.max(m.fresh.stale_if_error)
@@ -562,7 +582,11 @@ impl Edge {
                     if let Some(obj) = &stale {
                         let m = &obj.meta;
                         let window = rt.site.grace.max(m.fresh.stale_if_error);
-                        if !m.fresh.must_revalidate && m.staleness(now) <= window {
+                        if !m.fresh.must_revalidate
+                            && !m.fresh.no_cache
+                            && m.staleness(now) <= window
+                        {
+                            self.error_backoff.insert(lk.key, now + ERROR_BACKOFF);
                             rt.metrics.count(Outcome::Stale);
                             let ttl = format!("ttl={}", m.ttl(now));
                             let st = format!("fwd-status={}", err.status().as_u16());
@@ -765,6 +789,9 @@ impl Edge {
         let mut headers = resp.headers().clone();
         policy::strip_hop_by_hop(&mut headers);
         let decision = policy::storable(job.facts, status, &headers, response_time);
+        for f in policy::omitted_fields(&headers) {
+            headers.remove(f.as_str());
+        }
         let vary = cache::vary_names(&headers);
         let (fresh, vary) = match (decision, vary) {
             (Ok(f), Some(v)) => (f, v),
@@ -913,6 +940,9 @@ impl Edge {
                 last = Some(name.clone());
             }
             meta.headers.append(name.clone(), value.clone());
+        }
+        for f in policy::omitted_fields(&meta.headers) {
+            meta.headers.remove(f.as_str());
         }
         meta.response_time = response_time;
         meta.initial_age = policy::initial_age(h304, request_time, response_time);

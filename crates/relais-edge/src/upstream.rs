@@ -198,7 +198,6 @@ impl OriginState {
     fn record_success(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.open_until_ms.store(0, Ordering::Relaxed);
-        self.healthy.store(true, Ordering::Relaxed);
     }
 
     fn record_failure(&self) {
@@ -241,10 +240,21 @@ impl OriginState {
             }),
             Ok(Ok(resp)) => Ok(resp),
         };
+        // The breaker measures reachability: a 5xx or a reset mid-exchange proves the origin is
+        // there (those are handled per URL by the proxy); refused connections and silence do not.
         match &res {
-            Ok(r) if r.status().is_server_error() => self.record_failure(),
-            Ok(_) => self.record_success(),
-            Err(_) => self.record_failure(),
+            Ok(r) => {
+                if r.status().is_server_error() {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                self.record_success();
+            }
+            Err(UpstreamError::Connect { .. } | UpstreamError::Timeout { .. }) => {
+                self.record_failure()
+            }
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+            }
         }
         res
     }
@@ -268,6 +278,7 @@ impl OriginState {
                     if !o.is_healthy() && ok_streak >= o.origin.health.rise {
                         tracing::info!(origin = %o.name, "origin is back up");
                         o.record_success();
+                        o.healthy.store(true, Ordering::Relaxed);
                     }
                 } else {
                     fail_streak += 1;

@@ -35,6 +35,8 @@ pub struct Directives {
     pub immutable: bool,
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
+    /// Fields named by qualified `no-cache="a, b"` or `private="a"`: stored without them.
+    pub omit_fields: Vec<String>,
     // request-only directives
     pub max_stale: Option<Option<u64>>,
     pub min_fresh: Option<u64>,
@@ -110,9 +112,16 @@ pub fn parse_cache_control(headers: &HeaderMap, name: &HeaderName) -> Option<Dir
                     d.s_maxage = Some(parse_delta(v).unwrap_or(0));
                 }
                 "no-store" => d.no_store = true,
-                // Qualified no-cache="field" is treated as unqualified: allowed and safe.
+                // Qualified forms name fields that must not be stored (RFC 9111 §5.2.2.4, §5.2.2.7).
+                "no-cache" | "private" if v.is_some_and(|v| !v.trim().is_empty()) => {
+                    for f in v.unwrap_or("").split(',') {
+                        let f = f.trim().to_ascii_lowercase();
+                        if !f.is_empty() && !d.omit_fields.contains(&f) {
+                            d.omit_fields.push(f);
+                        }
+                    }
+                }
                 "no-cache" => d.no_cache = true,
-                // Likewise qualified private: never stored by a shared cache.
                 "private" => d.private = true,
                 "public" => d.public = true,
                 "must-revalidate" => d.must_revalidate = true,
@@ -144,12 +153,235 @@ pub enum Governing {
     None,
 }
 
+/// Parses a targeted field (RFC 9213): a Structured Field Dictionary (RFC 8941). Any syntax
+/// error, or a directive value of the wrong type, makes the whole field ignored (`None`), and
+/// the cache falls back to the next field.
+pub fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
+    let mut joined = String::new();
+    for (i, v) in headers.get_all(name).iter().enumerate() {
+        if i > 0 {
+            joined.push(',');
+        }
+        joined.push_str(v.to_str().ok()?);
+    }
+    if headers.get(name).is_none() {
+        return None;
+    }
+    let members = sf::parse_dictionary(&joined)?;
+    let mut d = Directives::default();
+    for (key, value) in members {
+        let int = |v: &sf::Item| match v {
+            sf::Item::Integer(n) if *n >= 0 => Some((*n as u64).min(MAX_DELTA)),
+            _ => None,
+        };
+        let flag = |v: &sf::Item| matches!(v, sf::Item::Boolean(true));
+        match key.as_str() {
+            "max-age" => d.max_age = Some(int(&value)?),
+            "s-maxage" => d.s_maxage = Some(int(&value)?),
+            "stale-while-revalidate" => d.stale_while_revalidate = Some(int(&value)?),
+            "stale-if-error" => d.stale_if_error = Some(int(&value)?),
+            "no-store" => d.no_store = flag(&value),
+            "no-cache" => d.no_cache = flag(&value),
+            "private" => d.private = flag(&value),
+            "public" => d.public = flag(&value),
+            "must-revalidate" => d.must_revalidate = flag(&value),
+            "proxy-revalidate" => d.proxy_revalidate = flag(&value),
+            "must-understand" => d.must_understand = flag(&value),
+            "immutable" => d.immutable = flag(&value),
+            _ => {}
+        }
+    }
+    Some(d)
+}
+
+/// A minimal RFC 8941 Dictionary parser: enough to validate targeted cache fields strictly.
+mod sf {
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Item {
+        Integer(i64),
+        Decimal,
+        String,
+        Token,
+        Bytes,
+        Boolean(bool),
+    }
+
+    pub fn parse_dictionary(input: &str) -> Option<Vec<(String, Item)>> {
+        let b = input.as_bytes();
+        let mut i = 0;
+        let skip_sp = |i: &mut usize| {
+            while *i < b.len() && b[*i] == b' ' {
+                *i += 1;
+            }
+        };
+        let skip_ows = |i: &mut usize| {
+            while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t') {
+                *i += 1;
+            }
+        };
+        skip_sp(&mut i);
+        let mut out: Vec<(String, Item)> = Vec::new();
+        if i == b.len() {
+            return None;
+        }
+        loop {
+            let key = parse_key(b, &mut i)?;
+            let value = if i < b.len() && b[i] == b'=' {
+                i += 1;
+                parse_bare_item(b, &mut i)?
+            } else {
+                Item::Boolean(true)
+            };
+            parse_params(b, &mut i)?;
+            // Later duplicates overwrite earlier ones (RFC 8941 §4.2.2).
+            if let Some(e) = out.iter_mut().find(|(k, _)| *k == key) {
+                e.1 = value;
+            } else {
+                out.push((key, value));
+            }
+            skip_ows(&mut i);
+            if i == b.len() {
+                return Some(out);
+            }
+            if b[i] != b',' {
+                return None;
+            }
+            i += 1;
+            skip_ows(&mut i);
+            if i == b.len() {
+                return None;
+            }
+        }
+    }
+
+    fn parse_key(b: &[u8], i: &mut usize) -> Option<String> {
+        let start = *i;
+        if *i >= b.len() || !(b[*i].is_ascii_lowercase() || b[*i] == b'*') {
+            return None;
+        }
+        while *i < b.len()
+            && (b[*i].is_ascii_lowercase() || b[*i].is_ascii_digit() || b"_-.*".contains(&b[*i]))
+        {
+            *i += 1;
+        }
+        Some(String::from_utf8_lossy(&b[start..*i]).into_owned())
+    }
+
+    fn parse_params(b: &[u8], i: &mut usize) -> Option<()> {
+        while *i < b.len() && b[*i] == b';' {
+            *i += 1;
+            while *i < b.len() && b[*i] == b' ' {
+                *i += 1;
+            }
+            parse_key(b, i)?;
+            if *i < b.len() && b[*i] == b'=' {
+                *i += 1;
+                parse_bare_item(b, i)?;
+            }
+        }
+        Some(())
+    }
+
+    fn parse_bare_item(b: &[u8], i: &mut usize) -> Option<Item> {
+        let c = *b.get(*i)?;
+        if c == b'-' || c.is_ascii_digit() {
+            let start = *i;
+            if c == b'-' {
+                *i += 1;
+            }
+            let digits_start = *i;
+            while *i < b.len() && b[*i].is_ascii_digit() {
+                *i += 1;
+            }
+            let int_digits = *i - digits_start;
+            if int_digits == 0 {
+                return None;
+            }
+            if *i < b.len() && b[*i] == b'.' {
+                if int_digits > 12 {
+                    return None;
+                }
+                *i += 1;
+                let frac_start = *i;
+                while *i < b.len() && b[*i].is_ascii_digit() {
+                    *i += 1;
+                }
+                let frac = *i - frac_start;
+                return (1..=3).contains(&frac).then_some(Item::Decimal);
+            }
+            if int_digits > 15 {
+                return None;
+            }
+            return std::str::from_utf8(&b[start..*i])
+                .ok()?
+                .parse()
+                .ok()
+                .map(Item::Integer);
+        }
+        match c {
+            b'"' => {
+                *i += 1;
+                while *i < b.len() {
+                    match b[*i] {
+                        b'\\' => {
+                            let n = *b.get(*i + 1)?;
+                            if n != b'"' && n != b'\\' {
+                                return None;
+                            }
+                            *i += 2;
+                        }
+                        b'"' => {
+                            *i += 1;
+                            return Some(Item::String);
+                        }
+                        0x20..=0x7e => *i += 1,
+                        _ => return None,
+                    }
+                }
+                None
+            }
+            b':' => {
+                *i += 1;
+                while *i < b.len() && b[*i] != b':' {
+                    if !(b[*i].is_ascii_alphanumeric() || b"+/=".contains(&b[*i])) {
+                        return None;
+                    }
+                    *i += 1;
+                }
+                if *i >= b.len() {
+                    return None;
+                }
+                *i += 1;
+                Some(Item::Bytes)
+            }
+            b'?' => {
+                let v = match b.get(*i + 1)? {
+                    b'0' => false,
+                    b'1' => true,
+                    _ => return None,
+                };
+                *i += 2;
+                Some(Item::Boolean(v))
+            }
+            c if c.is_ascii_alphabetic() || c == b'*' => {
+                while *i < b.len()
+                    && (b[*i].is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b[*i]))
+                {
+                    *i += 1;
+                }
+                Some(Item::Token)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The response directives that apply to us, and where they came from.
 pub fn response_directives(headers: &HeaderMap) -> (Directives, Governing) {
-    if let Some(d) = parse_cache_control(headers, &RELAIS_CACHE_CONTROL) {
+    if let Some(d) = parse_targeted(headers, &RELAIS_CACHE_CONTROL) {
         return (d, Governing::RelaisCacheControl);
     }
-    if let Some(d) = parse_cache_control(headers, &CDN_CACHE_CONTROL) {
+    if let Some(d) = parse_targeted(headers, &CDN_CACHE_CONTROL) {
         return (d, Governing::CdnCacheControl);
     }
     match parse_cache_control(headers, &header::CACHE_CONTROL) {
@@ -221,6 +453,11 @@ pub struct Freshness {
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
     pub governing: Governing,
+}
+
+/// Header fields a stored response must not keep (qualified `no-cache` / `private`).
+pub fn omitted_fields(headers: &HeaderMap) -> Vec<String> {
+    response_directives(headers).0.omit_fields
 }
 
 /// Why a response was not stored (for `Cache-Status: detail=`).
@@ -468,7 +705,8 @@ mod tests {
             "first occurrence wins, quoted accepted"
         );
         assert_eq!(d.s_maxage, Some(30));
-        assert!(d.public && d.no_cache);
+        assert!(d.public && !d.no_cache);
+        assert_eq!(d.omit_fields, vec!["set-cookie", "foo"]);
         let d = parse_cache_control(
             &h(&[("cache-control", "max-age=abc")]),
             &header::CACHE_CONTROL,
@@ -578,6 +816,74 @@ mod tests {
             let got = store(&pairs).map(|f| f.lifetime.as_secs());
             assert_eq!(got, expected, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn targeted_fields_are_strict_structured_fields() {
+        let cases: &[(&str, Option<Option<u64>>)] = &[
+            ("max-age=3600", Some(Some(3600))),
+            ("foobar, max-age=3600", Some(Some(3600))),
+            (
+                "max-age=99999999999",
+                Some(Some(99_999_999_999u64.min(MAX_DELTA))),
+            ),
+            ("max-age =100", None),
+            ("max-age= 100", None),
+            ("max-age=\"10000\"", None),
+            ("max-age=10000, &&&&&", None),
+            ("MaX-aGe=3600", None),
+            ("max-age=10;foo=bar, private", Some(Some(10))),
+            ("no-store", Some(None)),
+            ("max-age=1,", None),
+        ];
+        for (v, want) in cases {
+            let got = parse_targeted(&h(&[("cdn-cache-control", v)]), &CDN_CACHE_CONTROL)
+                .map(|d| d.max_age);
+            assert_eq!(&got, want, "{v}");
+        }
+        // An invalid targeted field falls back to Cache-Control.
+        assert_eq!(
+            store(&[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=\"10000\"")
+            ]),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            store(&[
+                ("cache-control", "max-age=1"),
+                ("cdn-cache-control", "max-age =100")
+            ])
+            .map(|f| f.lifetime.as_secs()),
+            Ok(1)
+        );
+        let d = parse_targeted(&h(&[("cdn-cache-control", "private")]), &CDN_CACHE_CONTROL)
+            .expect("valid");
+        assert!(d.private);
+    }
+
+    #[test]
+    fn qualified_no_cache_and_private_name_fields() {
+        let f = store(&[
+            ("cache-control", "max-age=60, no-cache=\"a, B\""),
+            ("a", "1"),
+        ])
+        .expect("stored");
+        assert!(
+            !f.no_cache,
+            "qualified no-cache does not force revalidation"
+        );
+        assert_eq!(
+            omitted_fields(&h(&[(
+                "cache-control",
+                "max-age=60, no-cache=\"a, B\", private=c"
+            )])),
+            vec!["a", "b", "c"]
+        );
+        assert_eq!(
+            store(&[("cache-control", "max-age=60, private")]),
+            Err(NotStored::Private)
+        );
     }
 
     #[test]
