@@ -157,15 +157,13 @@ pub enum Governing {
 /// error, or a directive value of the wrong type, makes the whole field ignored (`None`), and
 /// the cache falls back to the next field.
 pub fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
+    headers.get(name)?;
     let mut joined = String::new();
     for (i, v) in headers.get_all(name).iter().enumerate() {
         if i > 0 {
             joined.push(',');
         }
         joined.push_str(v.to_str().ok()?);
-    }
-    if headers.get(name).is_none() {
-        return None;
     }
     let members = sf::parse_dictionary(&joined)?;
     let mut d = Directives::default();
