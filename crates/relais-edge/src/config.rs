@@ -226,7 +226,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             memory_bytes: 256 << 20,
-            max_memory_object: 8 << 20,
+            max_memory_object: 32 << 20,
             disk_path: None,
             disk_bytes: 10 << 30,
         }

@@ -807,7 +807,7 @@ impl Edge {
             path: job.path.clone(),
             status,
             tags: cache::tags_of(&headers),
-            headers,
+            headers: policy::compact_headers(&headers),
             vary,
             response_time,
             initial_age: policy::initial_age(resp.headers(), request_time, response_time),
@@ -944,6 +944,7 @@ impl Edge {
         for f in policy::omitted_fields(&meta.headers) {
             meta.headers.remove(f.as_str());
         }
+        meta.headers = policy::compact_headers(&meta.headers);
         meta.response_time = response_time;
         meta.initial_age = policy::initial_age(h304, request_time, response_time);
         match policy::storable(job.facts, meta.status, &meta.headers, response_time) {

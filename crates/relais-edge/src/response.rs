@@ -13,6 +13,9 @@ use hyper::body::Incoming;
 
 use crate::upstream::BoxError;
 
+/// Largest frame sent from an in-memory body.
+const FRAME: usize = 2 * 1024 * 1024;
+
 /// The `Cache-Status` cache name.
 pub const CACHE_NAME: &str = "relais";
 pub static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
@@ -20,6 +23,8 @@ pub static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache
 /// A response body from any source.
 pub enum EdgeBody {
     Empty,
+    /// A body in memory, sent in frames of at most [`FRAME`] bytes so that one large object
+    /// does not monopolise a connection's writes (fairer tail latency under load).
     Full(Option<Bytes>),
     Stream(BoxStream<'static, io::Result<Bytes>>),
     Upstream(Incoming),
@@ -35,7 +40,15 @@ impl Body for EdgeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             EdgeBody::Empty => Poll::Ready(None),
-            EdgeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            EdgeBody::Full(slot) => Poll::Ready(slot.take().map(|mut b| {
+                if b.len() > FRAME {
+                    let first = b.split_to(FRAME);
+                    *slot = Some(b);
+                    Ok(Frame::data(first))
+                } else {
+                    Ok(Frame::data(b))
+                }
+            })),
             EdgeBody::Stream(s) => match Pin::new(s).poll_next(cx) {
                 Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),

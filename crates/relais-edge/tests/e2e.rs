@@ -336,7 +336,11 @@ async fn origin_down_serves_stale_within_grace_then_errors() {
     for _ in 0..5 {
         let g = h.get("/a").await;
         assert_eq!(g.text(), "archived");
-        assert!(g.cache_status().contains("detail=origin-error-backoff"), "{}", g.cache_status());
+        assert!(
+            g.cache_status().contains("detail=origin-error-backoff"),
+            "{}",
+            g.cache_status()
+        );
     }
     // An object never cached cannot be served: a clear gateway error.
     let miss = h.get("/never").await;
@@ -348,7 +352,11 @@ async fn origin_down_serves_stale_within_grace_then_errors() {
     assert!(!edge.snapshot().sites[0].origins[0].is_available());
     let g = h.get("/b").await;
     assert_eq!(g.text(), "archived");
-    assert!(g.cache_status().contains("detail=origin-down"), "{}", g.cache_status());
+    assert!(
+        g.cache_status().contains("detail=origin-down"),
+        "{}",
+        g.cache_status()
+    );
     // Past the grace window nothing stale is served.
     h.clock.advance(Duration::from_secs(2 * 3600));
     let g = h.get("/a").await;

@@ -16,7 +16,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 
 /// Size of the blocks read from files.
-const READ_BLOCK: u64 = 256 * 1024;
+const READ_BLOCK: u64 = 1024 * 1024;
 
 /// Where a complete or growing body can be read from.
 #[derive(Clone, Debug)]
@@ -219,7 +219,8 @@ impl Growing {
                 path: path.clone(),
                 len: st.written,
             },
-            None if st.chunks.len() == 1 => Filled::Mem(st.chunks[0].1.clone()),
+            // Always one exact-size copy: chunks from the network are slices of larger read
+            // buffers, and keeping them would pin those buffers for the object's lifetime.
             None => {
                 let mut buf = BytesMut::with_capacity(st.written as usize);
                 for (_, c) in &st.chunks {

@@ -636,6 +636,19 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// A deep, exact-size copy of a header map for storage. Parsed header values are slices of
+/// the connection's read buffer; storing them as they are would keep that whole buffer alive
+/// for as long as the object is cached.
+pub fn compact_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (k, v) in h {
+        let mut copy = http::HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+        copy.set_sensitive(v.is_sensitive());
+        out.append(k.clone(), copy);
+    }
+    out
+}
+
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

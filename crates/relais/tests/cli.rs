@@ -1,0 +1,214 @@
+//! Tests of the built `relais` binary: configuration checks, quick start, reload on file change
+//! and SIGHUP, refusal of a bad file, graceful stop. Ports are 0; the binary reports the real
+//! ones in its JSON logs.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use relais_testkit::{Origin, Reply, eventually};
+
+const BIN: &str = env!("CARGO_BIN_EXE_relais");
+
+struct Proc {
+    child: Child,
+    logs: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json"])
+            .args(args)
+            .env("RELAIS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn relais");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        Proc { child, logs: rx }
+    }
+
+    /// Waits for a log line whose message contains `msg`; returns its fields.
+    fn wait_log(&self, msg: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(v) = self.logs.recv_timeout(Duration::from_millis(100))
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(msg))
+            {
+                return v["fields"].clone();
+            }
+        }
+        panic!("no log line containing {msg:?}");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+async fn get(url: &str, host: &str) -> (u16, String) {
+    let r = client()
+        .get(url)
+        .header("host", host)
+        .send()
+        .await
+        .expect("request");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+fn config(origin: &str, hosts: &str) -> String {
+    format!(
+        "version = 1\n[edge]\nlisten = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\n[[site]]\nname = \"s\"\nhosts = [{hosts}]\n[[site.origin]]\nurl = \"{origin}\"\n"
+    )
+}
+
+#[test]
+fn check_reports_the_failing_field() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("relais.toml");
+    std::fs::write(&path, config("ftp://nowhere", "\"a.example\"")).expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("site[0].origin[0].url"), "{err}");
+    std::fs::write(&path, config("http://127.0.0.1:1", "\"a.example\"")).expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 sites)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_serves_every_host_from_one_origin() {
+    let origin = Origin::start(|s| {
+        Reply::ok(format!("from origin {}", s.path)).header("cache-control", "max-age=60")
+    })
+    .await;
+    let p = Proc::spawn(&["edge", "--listen", "127.0.0.1:0", "--origin", &origin.url()]);
+    let addr = p.wait_log("edge listening (http)")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_owned();
+    let (status, body) = get(&format!("http://{addr}/x"), "anything.example").await;
+    assert_eq!((status, body.as_str()), (200, "from origin /x"));
+    let (_, body) = get(&format!("http://{addr}/x"), "other.example").await;
+    assert_eq!(body, "from origin /x");
+    // The key includes the host: two hosts, two fetches.
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_on_file_change_and_sighup_and_refuses_bad_files() {
+    let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "no-store")).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("relais.toml");
+    std::fs::write(&path, config(&origin.url(), "\"a.example\"")).expect("write");
+    let p = Proc::spawn(&["edge", "--config", path.to_str().expect("utf8")]);
+    let addr = p.wait_log("edge listening (http)")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_owned();
+    let url = format!("http://{addr}/");
+    assert_eq!(get(&url, "a.example").await.0, 200);
+    assert_eq!(get(&url, "b.example").await.0, 404);
+
+    // A file change is picked up (the watcher polls every second).
+    std::fs::write(&path, config(&origin.url(), "\"a.example\", \"b.example\"")).expect("write");
+    let applied = p.wait_log("configuration applied");
+    assert!(applied["generation"].as_u64().is_some_and(|g| g >= 2));
+    assert_eq!(get(&url, "b.example").await.0, 200);
+
+    // A bad file is refused; the previous configuration keeps serving.
+    std::fs::write(&path, config(&origin.url(), "\"not a host!\"")).expect("write");
+    let refused = p.wait_log("configuration refused");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("site[0].hosts[0]")),
+        "{refused}"
+    );
+    assert_eq!(get(&url, "b.example").await.0, 200);
+
+    // SIGHUP re-reads the file. The modification time is put back, so only the signal can
+    // be what triggers this reload.
+    let before = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    std::fs::write(&path, config(&origin.url(), "\"c.example\"")).expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(before))
+        .expect("set mtime");
+    p.signal("-HUP");
+    p.wait_log("configuration applied");
+    assert_eq!(get(&url, "c.example").await.0, 200);
+    assert_eq!(get(&url, "a.example").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let origin = Origin::start(|_| {
+        Reply::ok("slow but whole")
+            .header("cache-control", "no-store")
+            .delay(Duration::from_millis(700))
+    })
+    .await;
+    let mut p = Proc::spawn(&["edge", "--listen", "127.0.0.1:0", "--origin", &origin.url()]);
+    let addr = p.wait_log("edge listening (http)")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_owned();
+    let url = format!("http://{addr}/slow");
+    let inflight = tokio::spawn(async move { get(&url, "x.example").await });
+    assert!(eventually(Duration::from_secs(5), || origin.hits() == 1).await);
+    p.signal("-TERM");
+    let (status, body) = inflight.await.expect("join");
+    assert_eq!((status, body.as_str()), (200, "slow but whole"));
+    let code = tokio::task::spawn_blocking(move || p.child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(code.success(), "{code:?}");
+}
