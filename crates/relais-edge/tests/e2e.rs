@@ -1277,3 +1277,185 @@ async fn active_health_checks_fail_over_between_origins() {
     );
     assert_eq!(h.get("/").await.text(), "primary");
 }
+
+/// Media made by ffmpeg, served by a static origin, played through the edge by ffmpeg and
+/// ffprobe acting as players: HLS, DASH, and a progressive MP4 whose index is at the end (so
+/// the player seeks with Range requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_dash_and_progressive_mp4_play_through_the_edge() {
+    let media = tempfile::tempdir().expect("tmp");
+    let dir = media.path().to_owned();
+    let gen_dir = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let src = [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=3:size=160x120:rate=10",
+        ];
+        let run = |extra: &[&str]| {
+            let st = std::process::Command::new("ffmpeg")
+                .args(["-v", "error", "-y"])
+                .args(src)
+                .args(extra)
+                .current_dir(&gen_dir)
+                .status()
+                .expect("ffmpeg is installed by scripts/test");
+            assert!(st.success(), "ffmpeg {extra:?}");
+        };
+        run(&["-c:v", "mpeg4", "video.mp4"]);
+        // MPEG-TS wants a codec with in-band headers.
+        run(&[
+            "-c:v",
+            "mpeg2video",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_playlist_type",
+            "vod",
+            "-hls_segment_filename",
+            "seg%03d.ts",
+            "stream.m3u8",
+        ]);
+        run(&[
+            "-c:v",
+            "mpeg4",
+            "-f",
+            "dash",
+            "-seg_duration",
+            "1",
+            "manifest.mpd",
+        ]);
+    })
+    .await
+    .expect("generate media");
+
+    let files = dir.clone();
+    let origin = Origin::start(move |s| {
+        let name = s
+            .path
+            .trim_start_matches('/')
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        if name.contains("..") || name.contains('/') {
+            return Reply::ok("no").status(400);
+        }
+        match std::fs::read(files.join(&name)) {
+            Ok(bytes) => {
+                let (ct, cc) = match name.rsplit('.').next().unwrap_or("") {
+                    "m3u8" => ("application/vnd.apple.mpegurl", "max-age=2"),
+                    "mpd" => ("application/dash+xml", "max-age=2"),
+                    "ts" => ("video/mp2t", "max-age=86400"),
+                    "m4s" => ("video/iso.segment", "max-age=86400"),
+                    _ => ("video/mp4", "max-age=86400"),
+                };
+                Reply::ok(bytes)
+                    .header("content-type", ct)
+                    .header("cache-control", cc)
+            }
+            Err(_) => Reply::ok("missing").status(404),
+        }
+    })
+    .await;
+    let h = harness(&origin).await;
+    let base = h.base.clone();
+    let play = move |args: Vec<String>| {
+        std::process::Command::new(args[0].clone())
+            .args(&args[1..])
+            .output()
+            .expect("ffmpeg/ffprobe")
+    };
+    let probe_url = format!("{base}/stream.m3u8");
+    let out = tokio::task::spawn_blocking({
+        let play = play.clone();
+        move || {
+            play(vec![
+                "ffprobe".into(),
+                "-v".into(),
+                "error".into(),
+                "-show_entries".into(),
+                "format=duration".into(),
+                "-of".into(),
+                "csv=p=0".into(),
+                probe_url,
+            ])
+        }
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let duration: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("duration");
+    assert!((2.5..=3.5).contains(&duration), "HLS duration {duration}");
+
+    for target in ["stream.m3u8", "manifest.mpd", "video.mp4"] {
+        let url = format!("{base}/{target}");
+        let play = play.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            play(vec![
+                "ffmpeg".into(),
+                "-v".into(),
+                "error".into(),
+                "-i".into(),
+                url,
+                "-f".into(),
+                "null".into(),
+                "-".into(),
+            ])
+        })
+        .await
+        .expect("join");
+        assert!(
+            out.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The MP4 index sits at the end: the player seeks, and the edge answers those ranges.
+    let mp4_fetches = origin
+        .requests()
+        .iter()
+        .filter(|s| s.path == "/video.mp4")
+        .count();
+    assert_eq!(
+        mp4_fetches, 1,
+        "the MP4 was fetched from the origin once, ranges came from the cache"
+    );
+    // Every segment was fetched from the origin once; playing again costs the origin nothing.
+    let before = origin.hits();
+    let url = format!("{base}/stream.m3u8");
+    let out = tokio::task::spawn_blocking(move || {
+        play(vec![
+            "ffmpeg".into(),
+            "-v".into(),
+            "error".into(),
+            "-i".into(),
+            url,
+            "-f".into(),
+            "null".into(),
+            "-".into(),
+        ])
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success());
+    assert_eq!(origin.hits(), before, "second playback entirely from cache");
+    let mut seen = std::collections::HashMap::new();
+    for s in origin.requests() {
+        *seen.entry(s.path.clone()).or_insert(0) += 1;
+    }
+    assert!(seen.iter().all(|(_, n)| *n == 1), "{seen:?}");
+    assert!(
+        seen.keys().any(|p| p.ends_with(".ts")) && seen.keys().any(|p| p.ends_with(".m4s")),
+        "{seen:?}"
+    );
+}
