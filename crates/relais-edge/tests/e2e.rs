@@ -1370,7 +1370,6 @@ async fn hls_dash_and_progressive_mp4_play_through_the_edge() {
     };
     let probe_url = format!("{base}/stream.m3u8");
     let out = tokio::task::spawn_blocking({
-        let play = play.clone();
         move || {
             play(vec![
                 "ffprobe".into(),
@@ -1399,7 +1398,7 @@ async fn hls_dash_and_progressive_mp4_play_through_the_edge() {
 
     for target in ["stream.m3u8", "manifest.mpd", "video.mp4"] {
         let url = format!("{base}/{target}");
-        let play = play.clone();
+
         let out = tokio::task::spawn_blocking(move || {
             play(vec![
                 "ffmpeg".into(),
