@@ -61,6 +61,9 @@ pub struct FileEdge {
     pub listen_tls: Vec<String>,
     pub admin: Option<String>,
     pub purge_secret: Option<String>,
+    /// Bind with SO_REUSEPORT so that a new binary can start beside the old one during an
+    /// upgrade (the old one then drains on SIGTERM).
+    pub reuse_port: Option<bool>,
     pub client_header_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,
     pub max_header_bytes: Option<ByteSize>,
@@ -187,6 +190,7 @@ pub struct Config {
     pub listen_tls: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub purge_secret: Option<String>,
+    pub reuse_port: bool,
     pub limits: Limits,
     pub cache: CacheConfig,
     pub sites: Vec<Arc<Site>>,
@@ -511,6 +515,7 @@ impl Config {
             listen_tls,
             admin,
             purge_secret: file.edge.purge_secret,
+            reuse_port: file.edge.reuse_port.unwrap_or(false),
             limits,
             cache,
             sites,

@@ -304,7 +304,7 @@ impl Edge {
             self.purge_request(&req, &rt, &host, &conn, &snap.config)
         } else if req.method() == Method::GET || req.method() == Method::HEAD {
             let (parts, _body) = req.into_parts();
-            self.cacheable(parts, &rt, &host, &conn).await
+            self.cacheable(parts, &rt, &host, &conn, 0).await
         } else if req.method() == Method::TRACE || req.method() == Method::CONNECT {
             rt.metrics.count(Outcome::Error);
             error_page(
@@ -402,6 +402,7 @@ impl Edge {
         rt: &Arc<SiteRuntime>,
         host: &str,
         conn: &ConnInfo,
+        depth: u8,
     ) -> Response<EdgeBody> {
         let reqd = policy::request_directives(&parts.headers);
         let lk = self.lookup(&rt.site, host, &parts);
@@ -546,6 +547,24 @@ impl Edge {
                     if my_key != obj.meta.key && attempts < 3 {
                         lk = self.lookup(&rt.site, host, &parts);
                         continue;
+                    }
+                    if !leader && shareable && my_key == obj.meta.key && !obj.meta.is_fresh(now) {
+                        // We joined a fill that had already delivered, and its object has gone
+                        // stale since: once it is stored, take the normal path again
+                        // (revalidation, back-off, stale on error).
+                        if let BodySource::Growing(g) = &obj.body {
+                            let _ = g.wait_complete().await;
+                        }
+                        if depth < 2 {
+                            return Box::pin(self.clone().cacheable(
+                                parts,
+                                rt,
+                                host,
+                                conn,
+                                depth + 1,
+                            ))
+                            .await;
+                        }
                     }
                     if !leader && (!shareable || my_key != obj.meta.key || !obj.meta.is_fresh(now))
                     {

@@ -42,13 +42,16 @@ impl Running {
     }
 }
 
-async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+async fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let sock = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     sock.set_reuseaddr(true)?;
+    if reuse_port {
+        sock.set_reuseport(true)?;
+    }
     sock.set_nodelay(true)?;
     sock.bind(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
@@ -62,7 +65,7 @@ pub async fn start(edge: Arc<Edge>, reload: Option<ReloadHook>) -> io::Result<Ru
     let mut tasks = Vec::new();
     let mut http = Vec::new();
     for addr in &cfg.listen {
-        let l = bind(*addr).await?;
+        let l = bind(*addr, cfg.reuse_port).await?;
         http.push(l.local_addr()?);
         tasks.push(tokio::spawn(accept_loop(l, edge.clone(), None, rx.clone())));
     }
@@ -71,7 +74,7 @@ pub async fn start(edge: Arc<Edge>, reload: Option<ReloadHook>) -> io::Result<Ru
         let tls = crate::tls::server_config(edge.certs.clone()).map_err(io::Error::other)?;
         let acceptor = TlsAcceptor::from(tls);
         for addr in &cfg.listen_tls {
-            let l = bind(*addr).await?;
+            let l = bind(*addr, cfg.reuse_port).await?;
             https.push(l.local_addr()?);
             tasks.push(tokio::spawn(accept_loop(
                 l,
@@ -83,7 +86,7 @@ pub async fn start(edge: Arc<Edge>, reload: Option<ReloadHook>) -> io::Result<Ru
     }
     let mut admin_addr = None;
     if let Some(addr) = cfg.admin {
-        let l = bind(addr).await?;
+        let l = bind(addr, cfg.reuse_port).await?;
         admin_addr = Some(l.local_addr()?);
         tasks.push(tokio::spawn(admin::serve(
             l,

@@ -1458,3 +1458,72 @@ async fn hls_dash_and_progressive_mp4_play_through_the_edge() {
         "{seen:?}"
     );
 }
+
+/// Mutated requests (flipped bytes, stray CR/LF/NUL, truncations, huge numbers) never take the
+/// edge down nor make it answer with a 5xx of its own; afterwards it serves normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_requests_never_break_the_edge() {
+    let origin = Origin::start(cacheable("still here", "max-age=60")).await;
+    let h = harness_with(&origin, "client_header_timeout = \"300ms\"", "").await;
+    let addr = h.running.as_ref().expect("r").http[0];
+    let corpus: [&[u8]; 4] = [
+        b"GET /a?b=c HTTP/1.1\r\nHost: x.example\r\nAccept: */*\r\nRange: bytes=0-3\r\n\r\n",
+        b"POST /form HTTP/1.1\r\nHost: x.example\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /up HTTP/1.1\r\nHost: x.example\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x.example\r\nIf-None-Match: \"a\", W/\"b\"\r\nCache-Control: max-age=0, max-stale\r\n\r\n",
+    ];
+    let mut seed: u64 = 0x5eed_1234_abcd_9876;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut cases = Vec::new();
+    for i in 0..400 {
+        let mut m = corpus[i % corpus.len()].to_vec();
+        for _ in 0..1 + next() % 4 {
+            let pos = (next() as usize) % m.len();
+            match next() % 6 {
+                0 => m[pos] = next() as u8,
+                1 => m.insert(pos, b"\r\n\0:; \t\"9"[(next() % 9) as usize]),
+                2 => m.truncate(pos.max(1)),
+                3 => m
+                    .splice(pos..pos, b"99999999999999999999".iter().copied())
+                    .for_each(drop),
+                4 => m
+                    .splice(pos..pos, b"\r\nContent-Length: 3\r\n".iter().copied())
+                    .for_each(drop),
+                _ => {
+                    let end = (pos + 1 + (next() as usize) % 8).min(m.len());
+                    m.drain(pos..end);
+                }
+            }
+        }
+        cases.push(m);
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for case in cases {
+        let permit = sem.clone().acquire_owned().await.expect("sem");
+        tasks.push(tokio::spawn(async move {
+            let r =
+                relais_testkit::raw_request_quiet_after(addr, &case, Duration::from_millis(800))
+                    .await;
+            drop(permit);
+            (case, r)
+        }));
+    }
+    for t in tasks {
+        let (case, r) = t.await.expect("no task panicked");
+        let status = r.lines().next().unwrap_or("");
+        // An origin may answer 5xx for a strange request it received; the edge itself must
+        // not produce 5xx on its own account.
+        assert!(
+            !(status.contains(" 500 ") && r.contains("Relais")),
+            "{:?} -> {status}",
+            String::from_utf8_lossy(&case)
+        );
+    }
+    assert_eq!(h.get("/after").await.text(), "still here");
+}

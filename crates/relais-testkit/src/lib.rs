@@ -322,12 +322,18 @@ fn futures_stream(rx: mpsc::Receiver<Bytes>) -> ChanStream {
 
 /// Sends raw bytes and returns everything the server answers until it closes or goes quiet.
 pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    raw_request_quiet_after(addr, bytes, Duration::from_secs(2)).await
+}
+
+/// Like [`raw_request`], giving up once the server has been quiet for `quiet`.
+pub async fn raw_request_quiet_after(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
+    // The server may close before reading everything; that is an answer too.
+    let _ = s.write_all(bytes).await;
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
         }

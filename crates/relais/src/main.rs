@@ -58,6 +58,10 @@ enum Command {
         /// Quick start: directory for the persistent disk cache.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Quick start: bind with SO_REUSEPORT (zero-downtime upgrades: start the new binary,
+        /// then SIGTERM the old one).
+        #[arg(long)]
+        reuse_port: bool,
     },
     /// Validate a configuration file and exit (non-zero with a precise error if invalid).
     Check {
@@ -119,12 +123,14 @@ async fn run(cmd: Command) -> Result<()> {
             origin,
             admin,
             cache_dir,
+            reuse_port,
         } => {
             let Some(origin) = origin else {
                 bail!("--origin or --config is required")
             };
             let mut cfg = Config::quick_start(listen, &origin, admin)?;
             cfg.cache.disk_path = cache_dir;
+            cfg.reuse_port = reuse_port;
             run_edge(cfg, None).await
         }
         Command::Serve {

@@ -212,3 +212,69 @@ async fn sigterm_lets_requests_in_flight_finish() {
         .expect("join");
     assert!(code.success(), "{code:?}");
 }
+
+/// CDN-21: a new binary starts beside the old one on the same port (SO_REUSEPORT), the old one
+/// is told to stop and drains, and the service never stops answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_downtime_upgrade_with_reuse_port() {
+    let origin = Origin::start(|_| Reply::ok("up").header("cache-control", "max-age=60")).await;
+    let cache = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("probe")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = |reuse: bool| {
+        let mut a = vec![
+            "edge",
+            "--listen",
+            &listen,
+            "--origin",
+            "",
+            "--cache-dir",
+            cache.path().to_str().expect("utf8"),
+        ];
+        if reuse {
+            a.push("--reuse-port");
+        }
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let with_origin = |mut a: Vec<String>| {
+        a[4] = origin.url();
+        a
+    };
+    let old_args = with_origin(args(true));
+    let old = Proc::spawn(&old_args.iter().map(String::as_str).collect::<Vec<_>>());
+    old.wait_log("edge listening (http)");
+    let url = format!("http://{listen}/page");
+    assert_eq!(get(&url, "site.example").await, (200, "up".to_owned()));
+
+    // Without SO_REUSEPORT a second binary cannot take the port, and says why.
+    let plain = with_origin(args(false));
+    let out = Command::new(BIN).args(&plain).output().expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {listen}")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // With it, the new binary starts beside the old one and shares the disk cache.
+    let new_args = with_origin(args(true));
+    let new = Proc::spawn(&new_args.iter().map(String::as_str).collect::<Vec<_>>());
+    new.wait_log("edge listening (http)");
+    for _ in 0..10 {
+        assert_eq!(get(&url, "site.example").await.0, 200);
+    }
+    let mut old = old;
+    old.signal("-TERM");
+    let code = tokio::task::spawn_blocking(move || old.child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(code.success());
+    for _ in 0..20 {
+        assert_eq!(get(&url, "site.example").await, (200, "up".to_owned()));
+    }
+    drop(new);
+}

@@ -22,14 +22,29 @@ pub fn unique_suffix() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+/// Creates the layout and this process's spill directory (`tmp/<pid>`), and removes spill
+/// directories left by processes that are gone. Another live process may share the cache
+/// directory during a zero-downtime upgrade; its in-flight files are left alone.
+pub fn prepare_dir(dir: &Path) -> io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("objects"))?;
     let tmp = dir.join("tmp");
-    // Leftover spill files belong to fills that never completed.
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp)?;
+    let me = std::process::id();
+    for entry in std::fs::read_dir(&tmp)? {
+        let path = entry?.path();
+        let owner = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok());
+        let alive =
+            owner.is_some_and(|pid| pid != me && Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
     }
-    std::fs::create_dir_all(&tmp)
+    let mine = tmp.join(me.to_string());
+    std::fs::create_dir_all(&mine)?;
+    Ok(mine)
 }
 
 fn base(dir: &Path, key: Key) -> PathBuf {

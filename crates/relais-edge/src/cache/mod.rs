@@ -257,38 +257,97 @@ impl<K, V> Lifecycle<K, V> for Collect {
     }
 }
 
+/// A set of keys that is almost always a single key (one variant per URL): no allocation
+/// until a second key arrives.
+#[derive(Debug)]
+enum KeySet {
+    One(Key),
+    Many(HashSet<Key>),
+}
+
+impl KeySet {
+    fn insert(&mut self, k: Key) {
+        match self {
+            KeySet::One(x) if *x == k => {}
+            KeySet::One(x) => *self = KeySet::Many(HashSet::from([*x, k])),
+            KeySet::Many(s) => {
+                s.insert(k);
+            }
+        }
+    }
+
+    /// Removes `k`; returns true when the set is now empty.
+    fn remove(&mut self, k: Key) -> bool {
+        match self {
+            KeySet::One(x) => *x == k,
+            KeySet::Many(s) => {
+                s.remove(&k);
+                s.is_empty()
+            }
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = Key> + '_> {
+        match self {
+            KeySet::One(x) => Box::new(std::iter::once(*x)),
+            KeySet::Many(s) => Box::new(s.iter().copied()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct SiteIndex {
-    by_path: BTreeMap<String, HashSet<Key>>,
+    by_path: BTreeMap<String, KeySet>,
     by_tag: HashMap<String, HashSet<Key>>,
-    by_primary: HashMap<Key, HashSet<Key>>,
+    by_primary: HashMap<Key, KeySet>,
+}
+
+fn add_key(entry: Option<&mut KeySet>, k: Key) -> Option<KeySet> {
+    match entry {
+        Some(set) => {
+            set.insert(k);
+            None
+        }
+        None => Some(KeySet::One(k)),
+    }
 }
 
 impl SiteIndex {
     fn add(&mut self, m: &Meta) {
-        self.by_path
-            .entry(m.path.clone())
-            .or_default()
-            .insert(m.key);
+        if let Some(new) = add_key(self.by_path.get_mut(&m.path), m.key) {
+            self.by_path.insert(m.path.clone(), new);
+        }
         for t in &m.tags {
             self.by_tag.entry(t.clone()).or_default().insert(m.key);
         }
-        self.by_primary.entry(m.primary).or_default().insert(m.key);
+        if let Some(new) = add_key(self.by_primary.get_mut(&m.primary), m.key) {
+            self.by_primary.insert(m.primary, new);
+        }
     }
 
     fn remove(&mut self, m: &Meta) {
-        fn drop_key<K: std::hash::Hash + Eq + Ord + Clone>(
-            map: &mut impl MapLike<K>,
-            k: &K,
-            key: Key,
-        ) {
-            map.remove_key(k, key);
+        if self
+            .by_path
+            .get_mut(&m.path)
+            .is_some_and(|s| s.remove(m.key))
+        {
+            self.by_path.remove(&m.path);
         }
-        drop_key(&mut self.by_path, &m.path, m.key);
         for t in &m.tags {
-            drop_key(&mut self.by_tag, t, m.key);
+            if let Some(s) = self.by_tag.get_mut(t) {
+                s.remove(&m.key);
+                if s.is_empty() {
+                    self.by_tag.remove(t);
+                }
+            }
         }
-        drop_key(&mut self.by_primary, &m.primary, m.key);
+        if self
+            .by_primary
+            .get_mut(&m.primary)
+            .is_some_and(|s| s.remove(m.key))
+        {
+            self.by_primary.remove(&m.primary);
+        }
     }
 
     fn keys(&self, target: &PurgeTarget) -> Vec<Key> {
@@ -296,7 +355,7 @@ impl SiteIndex {
             PurgeTarget::Url { primary, .. } => self
                 .by_primary
                 .get(primary)
-                .map(|s| s.iter().copied().collect())
+                .map(|s| s.iter().collect())
                 .unwrap_or_default(),
             PurgeTarget::Prefix { prefix, .. } => self
                 .by_path
@@ -305,44 +364,14 @@ impl SiteIndex {
                     std::ops::Bound::Unbounded,
                 ))
                 .take_while(|(p, _)| p.starts_with(prefix.as_str()))
-                .flat_map(|(_, s)| s.iter().copied())
+                .flat_map(|(_, s)| s.iter())
                 .collect(),
             PurgeTarget::Tag { tag, .. } => self
                 .by_tag
                 .get(tag)
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default(),
-            PurgeTarget::Site { .. } => self
-                .by_primary
-                .values()
-                .flat_map(|s| s.iter().copied())
-                .collect(),
-        }
-    }
-}
-
-trait MapLike<K> {
-    fn remove_key(&mut self, k: &K, key: Key);
-}
-
-impl<K: Ord + Clone> MapLike<K> for BTreeMap<K, HashSet<Key>> {
-    fn remove_key(&mut self, k: &K, key: Key) {
-        if let Some(s) = self.get_mut(k) {
-            s.remove(&key);
-            if s.is_empty() {
-                self.remove(k);
-            }
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Clone> MapLike<K> for HashMap<K, HashSet<Key>> {
-    fn remove_key(&mut self, k: &K, key: Key) {
-        if let Some(s) = self.get_mut(k) {
-            s.remove(&key);
-            if s.is_empty() {
-                self.remove(k);
-            }
+            PurgeTarget::Site { .. } => self.by_primary.values().flat_map(|s| s.iter()).collect(),
         }
     }
 }
@@ -376,6 +405,7 @@ pub struct Store {
     index: Mutex<Index>,
     epoch: AtomicU64,
     dir: PathBuf,
+    spill: PathBuf,
     /// Whether the directory was given by the operator (kept across restarts).
     persistent: bool,
     pub max_mem_object: u64,
@@ -404,7 +434,7 @@ impl Store {
                 false,
             ),
         };
-        disk::prepare_dir(&dir)?;
+        let spill = disk::prepare_dir(&dir)?;
         let est_items = (cfg.memory_bytes / 8192).clamp(1024, 4_000_000) as usize;
         let disk_items = (cfg.disk_bytes / 65536).clamp(1024, 16_000_000) as usize;
         let store = Store {
@@ -429,6 +459,7 @@ impl Store {
             }),
             epoch: AtomicU64::new(0),
             dir,
+            spill,
             persistent,
             max_mem_object: cfg.max_memory_object,
             stats: StoreStats::default(),
@@ -459,9 +490,9 @@ impl Store {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Directory where growing bodies spill.
+    /// Directory where growing bodies spill (this process's own).
     pub fn spill_dir(&self) -> PathBuf {
-        self.dir.join("tmp")
+        self.spill.clone()
     }
 
     pub fn epoch(&self) -> u64 {
@@ -781,7 +812,9 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if !self.persistent {
+        if self.persistent {
+            let _ = std::fs::remove_dir_all(&self.spill);
+        } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
