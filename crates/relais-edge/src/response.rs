@@ -23,7 +23,7 @@ pub static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache
 /// A response body from any source.
 pub enum EdgeBody {
     Empty,
-    /// A body in memory, sent in frames of at most [`FRAME`] bytes so that one large object
+    /// A body in memory, sent in frames of at most `FRAME` bytes so that one large object
     /// does not monopolise a connection's writes (fairer tail latency under load).
     Full(Option<Bytes>),
     Stream(BoxStream<'static, io::Result<Bytes>>),
