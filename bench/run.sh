@@ -122,7 +122,7 @@ per() { echo "$(( ($2 - $1) * 1024 / OBJECTS ))"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 {
   echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, keep-alive, cache hits on 127.0.0.1."
-  echo "Versions: relais $(git rev-parse --short HEAD), $(nginx -v 2>&1 | sed 's#.*/##;s#^#nginx #'), $(varnishd -V 2>&1 | head -1 | sed 's/ (.*//')."
+  echo "Versions: relais $(git rev-parse --short HEAD), $(nginx -v 2>&1 | sed 's#.*/##;s#^#nginx #'), $(varnishd -V 2>&1 | head -1 | sed 's/.*(\(varnish-[0-9.]*\).*/\1/')."
   echo
   echo "| object | Relais req/s | nginx req/s | Varnish req/s | Relais/nginx | Relais/Varnish | p99 Relais | p99 nginx | p99 Varnish |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
