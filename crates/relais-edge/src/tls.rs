@@ -59,8 +59,13 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        // No SNI, no certificate: never hand one site's certificate to a stranger.
-        self.current.load().find(hello.server_name()?)
+        let certs = self.current.load();
+        match hello.server_name() {
+            Some(name) => certs.find(name),
+            // Without SNI (clients connecting by IP address) only a site that explicitly
+            // serves every host (`*`) answers; no other site's certificate is handed out.
+            None => certs.catch_all.clone(),
+        }
     }
 }
 

@@ -1527,3 +1527,85 @@ async fn mutated_requests_never_break_the_edge() {
     }
     assert_eq!(h.get("/after").await.text(), "still here");
 }
+
+/// HTTPS origins: edge B reaches edge A over TLS, trusting a private CA (`ca_file`), with
+/// pooled keep-alive connections on both hops; A answers a client that sends no SNI (an IP
+/// address) only because its site serves every host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_origin_with_private_ca_and_pooled_connections() {
+    let origin = Origin::start(|s| {
+        Reply::ok(format!("via tls {}", s.path)).header("cache-control", "no-store")
+    })
+    .await;
+    let dir = Arc::new(tempfile::tempdir().expect("tmp"));
+    let (cert, key, _) = write_cert(dir.path(), "ip", &["127.0.0.1"]);
+    let a_sites = format!(
+        "[[site]]\nname = \"a\"\nhosts = [\"*\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[[site.origin]]\nurl = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        origin.url()
+    );
+    let a = start(
+        &config_text(
+            &dir.path().join("a"),
+            "listen_tls = [\"127.0.0.1:0\"]",
+            &a_sites,
+        ),
+        dir.clone(),
+        ManualClock::new(),
+        false,
+    )
+    .await;
+    let a_tls = a.running.as_ref().expect("a").https[0];
+    let b_sites = format!(
+        "[[site]]\nname = \"b\"\nhosts = [\"*\"]\n[[site.origin]]\nurl = \"https://{a_tls}\"\nca_file = \"{}\"\n",
+        cert.display()
+    );
+    let b = start(
+        &config_text(&dir.path().join("b"), "", &b_sites),
+        dir.clone(),
+        ManualClock::new(),
+        false,
+    )
+    .await;
+    for i in 0..5 {
+        let g = b.get(&format!("/p{i}")).await;
+        assert_eq!(g.status, 200, "{}", g.text());
+        assert_eq!(g.text(), format!("via tls /p{i}"));
+    }
+    assert_eq!(
+        a.edge
+            .metrics
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "B keeps one TLS connection to A"
+    );
+    assert_eq!(
+        origin.connections(),
+        1,
+        "A keeps one connection to the origin"
+    );
+    assert_eq!(
+        origin.requests()[0].header("x-forwarded-proto"),
+        Some("https")
+    );
+    // An origin whose certificate is not trusted is refused, with a clear gateway error.
+    let c_sites = format!(
+        "[[site]]\nname = \"c\"\nhosts = [\"*\"]\n[[site.origin]]\nurl = \"https://{a_tls}\"\n"
+    );
+    let c = start(
+        &config_text(&dir.path().join("c"), "", &c_sites),
+        dir.clone(),
+        ManualClock::new(),
+        false,
+    )
+    .await;
+    let g = c.get("/p0").await;
+    assert_eq!(g.status, 502, "{}", g.cache_status());
+    assert!(
+        g.cache_status().contains("detail=origin-unreachable"),
+        "{}",
+        g.cache_status()
+    );
+}

@@ -93,6 +93,7 @@ pub type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 pub struct Origin {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     inflight: Arc<AtomicUsize>,
     max_inflight: Arc<AtomicUsize>,
     log: Arc<Mutex<Vec<Seen>>>,
@@ -117,6 +118,7 @@ impl Origin {
         let o = Arc::new(Origin {
             addr,
             hits: Arc::default(),
+            connections: Arc::default(),
             inflight: Arc::default(),
             max_inflight: Arc::default(),
             log: Arc::default(),
@@ -126,6 +128,7 @@ impl Origin {
             date: Arc::default(),
         });
         let date = o.date.clone();
+        let connections = o.connections.clone();
         let (hits, inflight, max_inflight, log, handler, conns) = (
             o.hits.clone(),
             o.inflight.clone(),
@@ -139,6 +142,7 @@ impl Origin {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                connections.fetch_add(1, Ordering::SeqCst);
                 let (hits, inflight, max_inflight, log, handler, date) = (
                     hits.clone(),
                     inflight.clone(),
@@ -238,6 +242,11 @@ impl Origin {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn max_concurrency(&self) -> usize {

@@ -382,6 +382,33 @@ struct Index {
     recent: std::collections::VecDeque<(u64, PurgeTarget)>,
 }
 
+/// Eviction settings for a tier (quick_cache's CLOCK-Pro). Capacity is split across shards,
+/// so shards are sized to hold several of the largest objects; and 10 % of each shard is the
+/// probation ring where new objects wait to prove themselves, so that a crawl of one-hit
+/// objects passes through it without evicting the hot set.
+fn tier_options(items: usize, capacity: u64, max_object: u64) -> quick_cache::Options {
+    let per_shard_floor = max_object.max(1).saturating_mul(16);
+    let wanted = (capacity / per_shard_floor).clamp(1, 64);
+    let shards = 1usize << (63 - wanted.leading_zeros());
+    let mut b = quick_cache::OptionsBuilder::new();
+    b.estimated_items_capacity(items)
+        .weight_capacity(capacity.max(1))
+        .shards(shards)
+        .hot_allocation(0.9)
+        .ghost_allocation(0.5);
+    // The builder only fails on contradictory settings, which these are not.
+    b.build().unwrap_or_else(|_| unreachable_options())
+}
+
+#[allow(clippy::unwrap_used)]
+fn unreachable_options() -> quick_cache::Options {
+    quick_cache::OptionsBuilder::new()
+        .weight_capacity(1)
+        .estimated_items_capacity(1)
+        .build()
+        .unwrap()
+}
+
 /// Where a lookup found an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -438,16 +465,15 @@ impl Store {
         let est_items = (cfg.memory_bytes / 8192).clamp(1024, 4_000_000) as usize;
         let disk_items = (cfg.disk_bytes / 65536).clamp(1024, 16_000_000) as usize;
         let store = Store {
-            mem: Cache::with(
-                est_items,
-                cfg.memory_bytes.max(1),
+            mem: Cache::with_options(
+                tier_options(est_items, cfg.memory_bytes, cfg.max_memory_object),
                 ObjWeighter,
                 DefaultHashBuilder::default(),
                 Collect,
             ),
-            disk: Cache::with(
-                disk_items,
-                cfg.disk_bytes.max(1),
+            // Disk objects can be as large as whole videos.
+            disk: Cache::with_options(
+                tier_options(disk_items, cfg.disk_bytes, cfg.disk_bytes / 16),
                 DiskWeighter,
                 DefaultHashBuilder::default(),
                 Collect,
@@ -967,6 +993,46 @@ mod tests {
         }
         assert!(s.mem_bytes() <= 1 << 20, "{}", s.mem_bytes());
         assert!(s.stats.mem_evictions.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn eviction_keeps_the_hot_set_through_a_scan() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&CacheConfig {
+            memory_bytes: 1 << 20,
+            max_memory_object: 1 << 16,
+            disk_path: None,
+            disk_bytes: 1 << 24,
+        })
+        .expect("store");
+        let _ = dir;
+        let now = SystemTime::now();
+        let body = bytes::Bytes::from(vec![1u8; 10_000]);
+        let hot: Vec<Key> = (0..10)
+            .map(|i| {
+                let m = meta("a", &format!("/hot/{i}"), &[], now);
+                let k = m.key;
+                s.admit(m, Filled::Mem(body.clone()), s.epoch())
+                    .expect("admitted");
+                k
+            })
+            .collect();
+        for _ in 0..3 {
+            for k in &hot {
+                assert!(s.lookup(*k, now).is_some());
+            }
+        }
+        // A crawler walks 500 pages once each: five times what memory holds.
+        for i in 0..500 {
+            let m = meta("a", &format!("/cold/{i}"), &[], now);
+            s.admit(m, Filled::Mem(body.clone()), s.epoch());
+        }
+        let kept = hot
+            .iter()
+            .filter(|k| s.lookup(**k, now).is_some_and(|(_, t)| t == Tier::Memory))
+            .count();
+        assert!(kept >= 9, "only {kept} of 10 hot objects survived the scan");
+        assert!(s.mem_bytes() <= 1 << 20);
     }
 
     #[test]
