@@ -92,21 +92,32 @@ rss_kb() { ps -o rss= -p "$1" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
 varnish_child() { pgrep -P "$(cat "$WORK/varnish.pid")" | head -1 || true; }
 nginx_workers() { pgrep -P "$(cat "$WORK/nginx.pid")" | tr '\n' ',' | sed 's/,$//' || true; }
 
-declare -A RPS P99
-run() { # name addr size
+# Each measurement is repeated ROUNDS times, the three servers interleaved, and the median
+# is reported: this machine is shared and single runs vary by +-20 %.
+ROUNDS=${ROUNDS:-3}
+declare -A RPS P99 ALL_RPS ALL_P99
+to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 }; printf "%.2f", v }'; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+run() { # name addr size round
   local name=$1 addr=$2 size=$3 url="http://$2/bytes/$3"
   curl -s -o /dev/null "$url"; curl -s -o /dev/null "$url"; curl -s -o /dev/null "$url"
   local out; out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
-  echo "$out" > "$OUT/wrk-$name-$size.txt"
-  RPS[$name-$size]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  P99[$name-$size]=$(echo "$out" | awk '$1=="99%" {print $2}')
+  echo "$out" > "$OUT/wrk-$name-$size-$4.txt"
+  ALL_RPS[$name-$size]+=" $(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+  ALL_P99[$name-$size]+=" $(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)"
 }
 
 read -r -a SIZES <<< "${SIZES:-1024 102400 10485760}"
 for size in "${SIZES[@]}"; do
-  run relais "$RELAIS" "$size"
-  run nginx "$NGINX" "$size"
-  run varnish "$VARNISH" "$size"
+  for round in $(seq 1 "$ROUNDS"); do
+    run relais "$RELAIS" "$size" "$round"
+    run nginx "$NGINX" "$size" "$round"
+    run varnish "$VARNISH" "$size" "$round"
+  done
+  for name in relais nginx varnish; do
+    RPS[$name-$size]=$(echo "${ALL_RPS[$name-$size]}" | median)
+    P99[$name-$size]=$(echo "${ALL_P99[$name-$size]}" | median)
+  done
 done
 
 # Memory per cached object: RSS growth after caching $OBJECTS distinct 1 KiB objects.
@@ -121,7 +132,7 @@ per() { echo "$(( ($2 - $1) * 1024 / OBJECTS ))"; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 {
-  echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, keep-alive, cache hits on 127.0.0.1."
+  echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t1 -c$CONNS -d$DURATION, keep-alive, cache hits on 127.0.0.1; median of $ROUNDS interleaved rounds (p99 in ms)."
   echo "Versions: relais $(git rev-parse --short HEAD), $(nginx -v 2>&1 | sed 's#.*/##;s#^#nginx #'), $(varnishd -V 2>&1 | head -1 | sed 's/.*(\(varnish-[0-9.]*\).*/\1/')."
   echo
   echo "| object | Relais req/s | nginx req/s | Varnish req/s | Relais/nginx | Relais/Varnish | p99 Relais | p99 nginx | p99 Varnish |"
@@ -130,6 +141,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     label=$size; [ "$size" = 1024 ] && label="1 KiB"; [ "$size" = 102400 ] && label="100 KiB"; [ "$size" = 10485760 ] && label="10 MiB"
     echo "| $label | ${RPS[relais-$size]} | ${RPS[nginx-$size]} | ${RPS[varnish-$size]} | $(ratio "${RPS[relais-$size]}" "${RPS[nginx-$size]}") | $(ratio "${RPS[relais-$size]}" "${RPS[varnish-$size]}") | ${P99[relais-$size]} | ${P99[nginx-$size]} | ${P99[varnish-$size]} |"
   done
+  echo
+  echo "All rounds (req/s): $(for size in "${SIZES[@]}"; do for n in relais nginx varnish; do printf '%s %s:%s; ' "$n" "$size" "${ALL_RPS[$n-$size]}"; done; done)"
   echo
   echo "Memory per cached 1 KiB object (RSS growth over $OBJECTS objects): Relais $(per "$r0" "$r1") B, Varnish $(per "$v0" "$v1") B, nginx workers $(per "$n0" "$n1") B (nginx keeps bodies in files and page cache, keys in a shared zone)."
 } | tee "$OUT/summary.md"

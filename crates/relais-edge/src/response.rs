@@ -23,12 +23,8 @@ pub static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache
 /// A response body from any source.
 pub enum EdgeBody {
     Empty,
-    /// A body in memory, sent in frames of at most `FRAME` bytes, yielding to other
-    /// connections between frames so that large objects share the workers round-robin
-    /// (fairer tail latency under load).
+    /// A body in memory, sent in frames of at most `FRAME` bytes.
     Full(Option<Bytes>),
-    /// The rest of a large in-memory body, after a yield.
-    Yielded(Option<Bytes>, bool),
     Stream(BoxStream<'static, io::Result<Bytes>>),
     Upstream(Incoming),
 }
@@ -41,38 +37,18 @@ impl Body for EdgeBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match this {
+        match self.get_mut() {
             EdgeBody::Empty => Poll::Ready(None),
             EdgeBody::Full(slot) => {
-                let Some(mut b) = slot.take() else {
-                    return Poll::Ready(None);
-                };
-                if b.len() <= FRAME {
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
-                }
-                let first = b.split_to(FRAME);
-                *this = EdgeBody::Yielded(Some(b), true);
-                Poll::Ready(Some(Ok(Frame::data(first))))
-            }
-            EdgeBody::Yielded(slot, yield_next) => {
-                if *yield_next {
-                    // Let the other connections write before our next frame.
-                    *yield_next = false;
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
                 let Some(mut b) = slot.take() else {
                     return Poll::Ready(None);
                 };
                 if b.len() > FRAME {
                     let first = b.split_to(FRAME);
                     *slot = Some(b);
-                    *yield_next = true;
-                    Poll::Ready(Some(Ok(Frame::data(first))))
-                } else {
-                    Poll::Ready(Some(Ok(Frame::data(b))))
+                    return Poll::Ready(Some(Ok(Frame::data(first))));
                 }
+                Poll::Ready(Some(Ok(Frame::data(b))))
             }
             EdgeBody::Stream(s) => match Pin::new(s).poll_next(cx) {
                 Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
@@ -92,7 +68,7 @@ impl Body for EdgeBody {
     fn is_end_stream(&self) -> bool {
         match self {
             EdgeBody::Empty => true,
-            EdgeBody::Full(b) | EdgeBody::Yielded(b, _) => b.is_none(),
+            EdgeBody::Full(b) => b.is_none(),
             EdgeBody::Stream(_) => false,
             EdgeBody::Upstream(b) => b.is_end_stream(),
         }
@@ -101,9 +77,7 @@ impl Body for EdgeBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             EdgeBody::Empty => SizeHint::with_exact(0),
-            EdgeBody::Full(b) | EdgeBody::Yielded(b, _) => {
-                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            EdgeBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             EdgeBody::Stream(_) => SizeHint::default(),
             EdgeBody::Upstream(b) => b.size_hint(),
         }
