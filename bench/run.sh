@@ -142,6 +142,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     echo "| $label | ${RPS[relais-$size]} | ${RPS[nginx-$size]} | ${RPS[varnish-$size]} | $(ratio "${RPS[relais-$size]}" "${RPS[nginx-$size]}") | $(ratio "${RPS[relais-$size]}" "${RPS[varnish-$size]}") | ${P99[relais-$size]} | ${P99[nginx-$size]} | ${P99[varnish-$size]} |"
   done
   echo
+  echo "Per-round ratios (each round runs the three servers back to back, so machine-wide"
+  echo "slowdowns cancel out): $(for size in "${SIZES[@]}"; do
+    r=(${ALL_RPS[relais-$size]}); n=(${ALL_RPS[nginx-$size]}); v=(${ALL_RPS[varnish-$size]})
+    printf '%s B vs nginx' "$size"; for i in "${!r[@]}"; do printf ' %s' "$(ratio "${r[$i]}" "${n[$i]}")"; done
+    printf ', vs Varnish'; for i in "${!r[@]}"; do printf ' %s' "$(ratio "${r[$i]}" "${v[$i]}")"; done; printf '; '
+  done)"
+  echo
   echo "All rounds (req/s): $(for size in "${SIZES[@]}"; do for n in relais nginx varnish; do printf '%s %s:%s; ' "$n" "$size" "${ALL_RPS[$n-$size]}"; done; done)"
   echo
   echo "Memory per cached 1 KiB object (RSS growth over $OBJECTS objects): Relais $(per "$r0" "$r1") B, Varnish $(per "$v0" "$v1") B, nginx workers $(per "$n0" "$n1") B (nginx keeps bodies in files and page cache, keys in a shared zone)."

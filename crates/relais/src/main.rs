@@ -75,18 +75,12 @@ enum Command {
     },
 }
 
-/// How many tasks a busy worker runs before it checks the sockets again. Lower than tokio's
-/// default (61) so that connections are served closer to the order they became ready (tail
-/// latency under many large downloads; see BENCHMARKS.md).
-const EVENT_INTERVAL: u32 = 8;
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .event_interval(EVENT_INTERVAL)
         .build()?;
     rt.block_on(run(cli.command))
 }
