@@ -385,7 +385,7 @@ impl RuleSet {
                     }
                 }
             }
-            for (j, other) in rules.iter().enumerate().take(i) {
+            for other in rules.iter().take(i) {
                 if other.scope != r.scope {
                     continue;
                 }
@@ -434,7 +434,7 @@ impl RuleSet {
             .filter(|r| !(request_time && r.scope.is_content_scope()))
             .filter(|r| r.scope.matches(path, content_type, &self.groups))
             .collect();
-        c.sort_by(|a, b| b.scope.rank().cmp(&a.scope.rank()));
+        c.sort_by_key(|r| std::cmp::Reverse(r.scope.rank()));
         c
     }
 

@@ -244,7 +244,7 @@ fn adding_a_rule_only_affects_its_scope() {
         "application/pdf",
     ];
     let groups = ["images", "video", "documents", "html"];
-    let mut random_rule = |id: usize, next: &mut dyn FnMut(u64) -> u64| {
+    let random_rule = |id: usize, next: &mut dyn FnMut(u64) -> u64| {
         let scope = match next(5) {
             0 => Scope::Site,
             1 => Scope::Group(groups[next(groups.len() as u64) as usize].into()),
