@@ -89,6 +89,38 @@ pub struct FileSite {
     pub tls: Option<FileTls>,
     #[serde(rename = "origin")]
     pub origins: Vec<FileOrigin>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<FileRule>,
+}
+
+/// One cache rule. Exactly one scope key (`default`, `group`, `content_type`, `dir`, `page`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    pub id: Option<String>,
+    pub default: Option<bool>,
+    pub group: Option<String>,
+    pub content_type: Option<String>,
+    pub dir: Option<String>,
+    pub page: Option<String>,
+    pub cache: Option<bool>,
+    pub edge_ttl: Option<String>,
+    pub browser_ttl: Option<String>,
+    pub respect_origin: Option<bool>,
+    pub stale_while_revalidate: Option<String>,
+    pub stale_if_error: Option<String>,
+    pub query: Option<FileQuery>,
+    pub key_headers: Option<Vec<String>>,
+    pub key_cookies: Option<Vec<String>>,
+}
+
+/// `query = "keep" | "ignore" | "sorted"` or `{ only = [..] }` / `{ drop = [..] }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileQuery {
+    Mode(String),
+    Only { only: Vec<String> },
+    Drop { drop: Vec<String> },
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +280,8 @@ pub struct Site {
     pub max_body_bytes: u64,
     pub tls: Option<SiteTls>,
     pub origins: Vec<Origin>,
+    /// Cache rules, validated (resolved by specificity).
+    pub rules: Arc<relais_rules::RuleSet>,
 }
 
 #[derive(Debug, Clone)]
@@ -351,6 +385,7 @@ impl Config {
                 grace: None,
                 max_body_bytes: None,
                 tls: None,
+                rules: vec![],
                 origins: vec![FileOrigin {
                     url: origin.to_owned(),
                     host: None,
@@ -619,6 +654,21 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         cert: t.cert,
         key: t.key,
     });
+    let mut rules = Vec::with_capacity(fs.rules.len());
+    for (r, fr) in fs.rules.into_iter().enumerate() {
+        rules.push(validate_rule(fr, r, &format!("{field}.rule[{r}]"))?);
+    }
+    let rules =
+        relais_rules::RuleSet::new(rules, relais_rules::Groups::default()).map_err(|errs| {
+            let e = &errs[0];
+            let f = e.field.replacen("rules[", &format!("{field}.rule["), 1);
+            let more = if errs.len() > 1 {
+                format!(" (and {} more)", errs.len() - 1)
+            } else {
+                String::new()
+            };
+            invalid(f, format!("{} / {}{more}", e.en, e.fr))
+        })?;
     Ok(Site {
         index,
         name: fs.name,
@@ -627,6 +677,79 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         max_body_bytes: fs.max_body_bytes.map_or(100 << 20, |b| b.0),
         tls,
         origins,
+        rules: Arc::new(rules),
+    })
+}
+
+fn validate_rule(
+    fr: FileRule,
+    index: usize,
+    field: &str,
+) -> Result<relais_rules::Rule, ConfigError> {
+    use relais_rules::{QueryMode, Rule, Scope, Settings};
+    let scopes = [
+        fr.default.filter(|d| *d).is_some(),
+        fr.group.is_some(),
+        fr.content_type.is_some(),
+        fr.dir.is_some(),
+        fr.page.is_some(),
+    ];
+    if scopes.iter().filter(|s| **s).count() != 1 {
+        return Err(invalid(
+            field,
+            "give exactly one scope: default = true, group, content_type, dir or page / indiquez une seule portée : default = true, group, content_type, dir ou page",
+        ));
+    }
+    let scope = if let Some(g) = fr.group {
+        Scope::Group(g)
+    } else if let Some(t) = fr.content_type {
+        Scope::ContentType(t)
+    } else if let Some(d) = fr.dir {
+        Scope::Dir(d)
+    } else if let Some(p) = fr.page {
+        Scope::Page(p)
+    } else {
+        Scope::Site
+    };
+    let dur = |name: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+        v.as_deref()
+            .map(|s| parse_duration(s).map_err(|m| invalid(format!("{field}.{name}"), m)))
+            .transpose()
+    };
+    let query = match fr.query {
+        None => None,
+        Some(FileQuery::Mode(m)) => Some(match m.as_str() {
+            "keep" => QueryMode::Keep,
+            "ignore" => QueryMode::Ignore,
+            "sorted" => QueryMode::Sorted,
+            other => {
+                return Err(invalid(
+                    format!("{field}.query"),
+                    format!(
+                        "{other:?} is not one of \"keep\", \"ignore\", \"sorted\", {{ only = [..] }}, {{ drop = [..] }}"
+                    ),
+                ));
+            }
+        }),
+        Some(FileQuery::Only { only }) => Some(QueryMode::Only(only)),
+        Some(FileQuery::Drop { drop }) => Some(QueryMode::Drop(drop)),
+    };
+    let lower =
+        |v: Option<Vec<String>>| v.map(|v| v.into_iter().map(|s| s.to_ascii_lowercase()).collect());
+    Ok(Rule {
+        id: fr.id.unwrap_or_else(|| format!("rule {index}")),
+        scope,
+        settings: Settings {
+            cache: fr.cache,
+            edge_ttl: dur("edge_ttl", &fr.edge_ttl)?,
+            browser_ttl: dur("browser_ttl", &fr.browser_ttl)?,
+            respect_origin: fr.respect_origin,
+            stale_while_revalidate: dur("stale_while_revalidate", &fr.stale_while_revalidate)?,
+            stale_if_error: dur("stale_if_error", &fr.stale_if_error)?,
+            query,
+            key_headers: lower(fr.key_headers),
+            key_cookies: fr.key_cookies,
+        },
     })
 }
 
@@ -807,6 +930,44 @@ host = "origin.example"
         .expect_err("unknown field");
         assert!(err.to_string().contains("bogus"), "{err}");
         assert!(err.to_string().starts_with("relais.toml"), "{err}");
+    }
+
+    #[test]
+    fn rules_are_read_and_validated_with_field_names() {
+        let with_rules = GOOD.replace(
+            "grace = \"2h\"",
+            "grace = \"2h\"\n[[site.rule]]\nid = \"news\"\ndir = \"/news/\"\nedge_ttl = \"30s\"\nquery = { drop = [\"utm_*\"] }\n[[site.rule]]\ngroup = \"images\"\nedge_ttl = \"1d\"",
+        );
+        let c = Config::parse(&with_rules, "t").expect("valid");
+        let s = c.sites[0].rules.resolve("/news/a.png", Some("image/png"));
+        assert_eq!(s.edge_ttl, Some(Duration::from_secs(30)));
+        assert_eq!(
+            c.sites[0]
+                .rules
+                .resolve("/a.png", Some("image/png"))
+                .edge_ttl,
+            Some(Duration::from_secs(86400))
+        );
+        let conflict = with_rules.replace("group = \"images\"", "dir = \"/news/\"");
+        match Config::parse(&conflict, "t") {
+            Err(ConfigError::Invalid { field, message }) => {
+                assert_eq!(field, "site[0].rule[1].edge_ttl");
+                assert!(
+                    message.contains("\"news\"") && message.contains("gardez-en une seule"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        let two_scopes =
+            with_rules.replace("group = \"images\"", "group = \"images\"\npage = \"/x\"");
+        assert!(
+            matches!(Config::parse(&two_scopes, "t"), Err(ConfigError::Invalid { field, .. }) if field == "site[0].rule[1]")
+        );
+        let bad_ttl = with_rules.replace("\"1d\"", "\"one day\"");
+        assert!(
+            matches!(Config::parse(&bad_ttl, "t"), Err(ConfigError::Invalid { field, .. }) if field == "site[0].rule[1].edge_ttl")
+        );
     }
 
     #[test]

@@ -68,10 +68,34 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Cache rules: `relais rules explain` shows, per setting, which rule applies and why.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// A small origin with demo pages and test objects (`/bytes/N`), for trying and benchmarking.
     DemoOrigin {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// For a URL of a site (and optionally the response's content type), show each setting, the
+    /// rule that won and the rules it overrode.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Site name, as in the configuration.
+        #[arg(long)]
+        site: String,
+        /// A path (`/news/a.html`) or a full URL.
+        #[arg(long)]
+        url: String,
+        /// The response's content type, e.g. `image/png` (content-type rules apply only then).
+        #[arg(long)]
+        content_type: Option<String>,
     },
 }
 
@@ -103,6 +127,36 @@ async fn run(cmd: Command) -> Result<()> {
         Command::Check { config } => {
             let c = Config::load(&config)?;
             println!("{}: valid ({} sites)", config.display(), c.sites.len());
+            Ok(())
+        }
+        Command::Rules {
+            command:
+                RulesCommand::Explain {
+                    config,
+                    site,
+                    url,
+                    content_type,
+                },
+        } => {
+            let c = Config::load(&config)?;
+            let Some(s) = c.site_by_name(&site) else {
+                bail!("no site named {site:?} in {}", config.display())
+            };
+            let path = match url.parse::<http::Uri>() {
+                Ok(u) if u.host().is_some() => u.path().to_owned(),
+                _ => url.split('?').next().unwrap_or("/").to_owned(),
+            };
+            println!(
+                "site {}, path {path}, content type {}",
+                s.name,
+                content_type
+                    .as_deref()
+                    .unwrap_or("(not given: request-time view)")
+            );
+            print!(
+                "{}",
+                relais_rules::render_explain(&s.rules.explain(&path, content_type.as_deref()))
+            );
             Ok(())
         }
         Command::DemoOrigin { listen } => {

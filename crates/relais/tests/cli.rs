@@ -120,6 +120,64 @@ fn check_reports_the_failing_field() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 sites)"));
 }
 
+#[test]
+fn rules_explain_shows_the_winner_and_what_it_overrides() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("relais.toml");
+    let rules = "[[site.rule]]\nid = \"site\"\ndefault = true\nedge_ttl = \"10m\"\n\
+                 [[site.rule]]\nid = \"images\"\ngroup = \"images\"\nedge_ttl = \"1d\"\n\
+                 [[site.rule]]\nid = \"election\"\ndir = \"/elections/\"\nedge_ttl = \"30s\"\n";
+    std::fs::write(
+        &path,
+        format!("{}{rules}", config("http://127.0.0.1:1", "\"a.example\"")),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["rules", "explain", "--config"])
+        .arg(&path)
+        .args([
+            "--site",
+            "s",
+            "--url",
+            "https://a.example/elections/map.png?x=1",
+            "--content-type",
+            "image/png",
+        ])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("path /elections/map.png"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("edge_ttl"))
+        .expect("edge_ttl line");
+    assert!(
+        line.contains("30s") && line.contains("rule election (directory /elections/)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("overrides rule images (group images) = 86400s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("overrides rule site (site default) = 600s"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["rules", "explain", "--config"])
+        .arg(&path)
+        .args(["--site", "nope", "--url", "/"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no site named \"nope\""));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_start_serves_every_host_from_one_origin() {
     let origin = Origin::start(|s| {
