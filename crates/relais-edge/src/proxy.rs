@@ -141,6 +141,90 @@ struct Lookup {
     key: Key,
     found: Option<(Arc<Object>, Tier)>,
     vary_known: bool,
+    spec: KeySpec,
+}
+
+/// What goes into the cache key of a request once the site's rules are applied: the query
+/// string as the rules normalise it, and request headers and cookies the rules add.
+#[derive(Clone, Debug)]
+struct KeySpec {
+    pq: String,
+    extra: Vec<HeaderName>,
+    cookies: HeaderMap,
+}
+
+impl KeySpec {
+    fn new(parts: &Parts, rules: Option<&relais_rules::Settings>) -> KeySpec {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let Some(r) = rules else {
+            return KeySpec {
+                pq: pq.to_owned(),
+                extra: vec![],
+                cookies: HeaderMap::new(),
+            };
+        };
+        let pq = match (&r.query, parts.uri.query()) {
+            (Some(mode), Some(q)) => {
+                let q = mode.apply(q);
+                if q.is_empty() {
+                    parts.uri.path().to_owned()
+                } else {
+                    format!("{}?{q}", parts.uri.path())
+                }
+            }
+            _ => pq.to_owned(),
+        };
+        let mut extra: Vec<HeaderName> = r
+            .key_headers
+            .iter()
+            .flatten()
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
+        let mut cookies = HeaderMap::new();
+        for name in r.key_cookies.iter().flatten() {
+            let Ok(synthetic) = HeaderName::from_bytes(
+                format!("x-relais-key-cookie-{}", name.to_ascii_lowercase()).as_bytes(),
+            ) else {
+                continue;
+            };
+            let value = parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| HeaderValue::from_str(v).ok());
+            if let Some(v) = value {
+                cookies.insert(synthetic.clone(), v);
+            }
+            extra.push(synthetic);
+        }
+        KeySpec { pq, extra, cookies }
+    }
+
+    /// The variant key: the response's Vary names plus the rules' key headers and cookies.
+    fn variant(&self, primary: Key, vary: &[HeaderName], req: &HeaderMap) -> Key {
+        if self.extra.is_empty() {
+            return cache::variant_key(primary, vary, req);
+        }
+        let mut names: Vec<HeaderName> = vary.iter().chain(self.extra.iter()).cloned().collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        if self.cookies.is_empty() {
+            return cache::variant_key(primary, &names, req);
+        }
+        let mut h = req.clone();
+        for (k, v) in &self.cookies {
+            h.insert(k.clone(), v.clone());
+        }
+        cache::variant_key(primary, &names, &h)
+    }
 }
 
 impl Edge {
@@ -304,7 +388,12 @@ impl Edge {
             self.purge_request(&req, &rt, &host, &conn, &snap.config)
         } else if req.method() == Method::GET || req.method() == Method::HEAD {
             let (parts, _body) = req.into_parts();
-            self.cacheable(parts, &rt, &host, &conn, 0).await
+            let path = parts.uri.path().to_owned();
+            let mut resp = self.clone().cacheable(parts, &rt, &host, &conn, 0).await;
+            if !rt.site.rules.rules().is_empty() {
+                self.apply_browser_ttl(&rt, &path, &mut resp);
+            }
+            resp
         } else if req.method() == Method::TRACE || req.method() == Method::CONNECT {
             rt.metrics.count(Outcome::Error);
             error_page(
@@ -377,21 +466,17 @@ impl Edge {
         resp
     }
 
-    fn lookup(&self, site: &Site, host: &str, parts: &Parts) -> Lookup {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let primary = cache::primary_key(&site.name, host, pq);
+    fn lookup(&self, site: &Site, host: &str, parts: &Parts, spec: KeySpec) -> Lookup {
+        let primary = cache::primary_key(&site.name, host, &spec.pq);
         let vary = self.store.vary_of(primary);
-        let key = cache::variant_key(primary, vary.as_deref().unwrap_or(&[]), &parts.headers);
+        let key = spec.variant(primary, vary.as_deref().unwrap_or(&[]), &parts.headers);
         let now = self.clock.now();
         Lookup {
             primary,
             key,
             found: self.store.lookup(key, now),
             vary_known: vary.is_some(),
+            spec,
         }
     }
 
@@ -405,7 +490,20 @@ impl Edge {
         depth: u8,
     ) -> Response<EdgeBody> {
         let reqd = policy::request_directives(&parts.headers);
-        let lk = self.lookup(&rt.site, host, &parts);
+        // Rules decided before the response: path scopes only.
+        let req_rules = (!rt.site.rules.rules().is_empty())
+            .then(|| rt.site.rules.resolve(parts.uri.path(), None));
+        if req_rules.as_ref().is_some_and(|r| r.cache == Some(false)) {
+            return self
+                .pass_get(parts, rt, host, conn, "detail=rule-bypass")
+                .await;
+        }
+        let lk = self.lookup(
+            &rt.site,
+            host,
+            &parts,
+            KeySpec::new(&parts, req_rules.as_ref()),
+        );
         let now = self.clock.now();
 
         let mut stale: Option<Arc<Object>> = None;
@@ -543,9 +641,10 @@ impl Edge {
                         return self.respond(&parts, &obj, &[fwd_p, "fwd-status=304", &ttl], now);
                     }
                     // A waiter whose own variant differs from what arrived looks again.
-                    let my_key = cache::variant_key(lk.primary, &obj.meta.vary, &parts.headers);
+                    let my_key = lk.spec.variant(lk.primary, &obj.meta.vary, &parts.headers);
                     if my_key != obj.meta.key && attempts < 3 {
-                        lk = self.lookup(&rt.site, host, &parts);
+                        let spec = lk.spec.clone();
+                        lk = self.lookup(&rt.site, host, &parts, spec);
                         continue;
                     }
                     if !leader && shareable && my_key == obj.meta.key && !obj.meta.is_fresh(now) {
@@ -632,6 +731,40 @@ impl Edge {
         }
     }
 
+    /// The site's rules for a response (path and content type), if the site has rules.
+    fn response_rules(
+        &self,
+        rt: &SiteRuntime,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Option<relais_rules::Settings> {
+        if rt.site.rules.rules().is_empty() {
+            return None;
+        }
+        let path = path_and_query.split('?').next().unwrap_or("/");
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        Some(rt.site.rules.resolve(path, ct))
+    }
+
+    /// `browser_ttl`: the Cache-Control clients see on successful responses.
+    fn apply_browser_ttl(&self, rt: &SiteRuntime, path: &str, resp: &mut Response<EdgeBody>) {
+        if resp.status().as_u16() >= 400 {
+            return;
+        }
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if let Some(ttl) = rt.site.rules.resolve(path, ct).browser_ttl {
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                hv(&format!("max-age={}", ttl.as_secs())),
+            );
+        }
+    }
+
     /// Copies a small object found on disk into the memory tier, off the request path.
     fn promote_later(self: &Arc<Self>, obj: &Arc<Object>) {
         let BodySource::File { file, len } = &obj.body else {
@@ -688,6 +821,7 @@ impl Edge {
             facts,
             stale,
             since: self.store.epoch(),
+            spec: lk.spec.clone(),
         };
         tokio::spawn(self.clone().run_fill(job, req, fill.clone()));
         (fill, true)
@@ -807,7 +941,10 @@ impl Edge {
         }
         let mut headers = resp.headers().clone();
         policy::strip_hop_by_hop(&mut headers);
-        let decision = policy::storable(job.facts, status, &headers, response_time);
+        let decision = policy::apply_rules(
+            policy::storable(job.facts, status, &headers, response_time),
+            self.response_rules(&job.rt, &job.path, &headers).as_ref(),
+        );
         for f in policy::omitted_fields(&headers) {
             headers.remove(f.as_str());
         }
@@ -818,7 +955,7 @@ impl Edge {
             (Ok(_), None) => return self.release_pass(&job, &fill, resp, "vary", finish),
         };
         self.pass_marks.remove(&job.registered_key);
-        let key = cache::variant_key(job.primary, &vary, &job.req_headers);
+        let key = job.spec.variant(job.primary, &vary, &job.req_headers);
         let mut meta = Meta {
             key,
             primary: job.primary,
@@ -966,7 +1103,11 @@ impl Edge {
         meta.headers = policy::compact_headers(&meta.headers);
         meta.response_time = response_time;
         meta.initial_age = policy::initial_age(h304, request_time, response_time);
-        match policy::storable(job.facts, meta.status, &meta.headers, response_time) {
+        let rules = self.response_rules(&job.rt, &job.path, &meta.headers);
+        match policy::apply_rules(
+            policy::storable(job.facts, meta.status, &meta.headers, response_time),
+            rules.as_ref(),
+        ) {
             Ok(f) => {
                 meta.fresh = f;
                 meta.tags = cache::tags_of(&meta.headers);
@@ -1014,7 +1155,12 @@ impl Edge {
             Ok(resp) => {
                 rt.metrics.count(Outcome::Pass);
                 let st = format!("fwd-status={}", resp.status().as_u16());
-                passthrough(resp, &parts.method, &["fwd=miss", &st, detail])
+                let fwd = if detail == "detail=rule-bypass" {
+                    "fwd=bypass"
+                } else {
+                    "fwd=miss"
+                };
+                passthrough(resp, &parts.method, &[fwd, &st, detail])
             }
             Err(e) => {
                 rt.metrics.count(Outcome::Error);
@@ -1297,6 +1443,7 @@ struct FillJob {
     facts: RequestFacts,
     stale: Option<Arc<Object>>,
     since: u64,
+    spec: KeySpec,
 }
 
 struct ForwardRequest {

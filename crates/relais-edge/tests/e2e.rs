@@ -1609,3 +1609,112 @@ async fn https_origin_with_private_ca_and_pooled_connections() {
         g.cache_status()
     );
 }
+
+/// Rules on the edge: the most specific rule wins per setting; bypass and key decisions come
+/// from paths; "do not store" from content types; a reload changes TTLs for new fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_drive_the_edge_by_specificity() {
+    let origin = Origin::start(|s| {
+        let path = s.path.split('?').next().unwrap_or("");
+        let ct = if path.ends_with(".png") {
+            "image/png"
+        } else if path.ends_with(".mp4") {
+            "video/mp4"
+        } else {
+            "text/html"
+        };
+        // No caching headers at all: the rules decide.
+        Reply::ok(format!("at {}", s.path)).header("content-type", ct)
+    })
+    .await;
+    let rules = |news_ttl: &str| {
+        format!(
+            "[[site.rule]]\nid = \"default\"\ndefault = true\nedge_ttl = \"10m\"\nquery = {{ drop = [\"utm_*\"] }}\n\
+             [[site.rule]]\nid = \"news\"\ndir = \"/news/\"\nedge_ttl = \"{news_ttl}\"\n\
+             [[site.rule]]\nid = \"live\"\npage = \"/news/live\"\nedge_ttl = \"5s\"\n\
+             [[site.rule]]\nid = \"account\"\ndir = \"/account/\"\ncache = false\n\
+             [[site.rule]]\nid = \"video\"\ngroup = \"video\"\ncache = false\n\
+             [[site.rule]]\nid = \"images\"\ngroup = \"images\"\nbrowser_ttl = \"1h\"\n"
+        )
+    };
+    let dir = Arc::new(tempfile::tempdir().expect("tmp"));
+    let text = |news_ttl: &str| {
+        config_text(
+            dir.path(),
+            "",
+            &format!("{}{}", site_toml(&origin.url(), ""), rules(news_ttl)),
+        )
+    };
+    let h = start(&text("30s"), dir.clone(), clock_for(&origin), false).await;
+
+    let ttl_of = |g: &Got| {
+        g.cache_status()
+            .split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .map(|t| t.trim().to_owned())
+    };
+    let g = h.get("/news/a").await;
+    assert_eq!(ttl_of(&g).as_deref(), Some("30"), "{}", g.cache_status());
+    assert_eq!(
+        ttl_of(&h.get("/news/live").await).as_deref(),
+        Some("5"),
+        "the page beats its directory"
+    );
+    assert_eq!(
+        ttl_of(&h.get("/about").await).as_deref(),
+        Some("600"),
+        "site default"
+    );
+    assert!(h.get("/news/a").await.cache_status().contains("hit"));
+
+    let before = origin.hits();
+    for _ in 0..2 {
+        let g = h.get("/account/me").await;
+        assert!(
+            g.cache_status()
+                .contains("fwd=bypass; fwd-status=200; detail=rule-bypass"),
+            "{}",
+            g.cache_status()
+        );
+    }
+    assert_eq!(
+        origin.hits(),
+        before + 2,
+        "bypassed directory always goes to the origin"
+    );
+
+    let before = origin.hits();
+    h.get("/film.mp4").await;
+    let g = h.get("/film.mp4").await;
+    assert_eq!(origin.hits(), before + 2, "video is not stored");
+    assert!(!g.cache_status().contains("hit"));
+
+    let before = origin.hits();
+    h.get("/promo?utm_source=mail&id=3").await;
+    let g = h.get("/promo?id=3&utm_campaign=x").await;
+    assert!(
+        g.cache_status().contains("hit"),
+        "utm_* are not in the key: {}",
+        g.cache_status()
+    );
+    assert_eq!(origin.hits(), before + 1);
+
+    let png = h.get("/logo.png").await;
+    assert_eq!(
+        png.headers["cache-control"], "max-age=3600",
+        "browser TTL of the images group"
+    );
+
+    // A reload shortens the directory TTL: new fills use it at once.
+    h.edge
+        .reload(Config::parse(&text("7s"), "t").map_err(|e| e.to_string()))
+        .expect("applied");
+    let g = h.get("/news/b").await;
+    assert_eq!(ttl_of(&g).as_deref(), Some("7"), "{}", g.cache_status());
+    h.clock.advance(Duration::from_secs(8));
+    assert!(
+        !h.get("/news/b").await.cache_status().contains("hit"),
+        "expired after the new TTL"
+    );
+}

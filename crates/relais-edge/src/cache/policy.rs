@@ -470,6 +470,8 @@ pub enum NotStored {
     SetCookie,
     NoFreshness,
     RequestNoStore,
+    /// A site rule says not to store this.
+    Rule,
 }
 
 impl NotStored {
@@ -484,6 +486,7 @@ impl NotStored {
             NotStored::SetCookie => "set-cookie",
             NotStored::NoFreshness => "no-freshness",
             NotStored::RequestNoStore => "request-no-store",
+            NotStored::Rule => "rule",
         }
     }
 }
@@ -582,6 +585,52 @@ pub fn storable(
         stale_if_error: Duration::from_secs(d.stale_if_error.unwrap_or(0)),
         governing,
     })
+}
+
+/// Applies a site's resolved rules on top of the HTTP decision. `edge_ttl` applies when the
+/// origin gave no explicit freshness, or always when `respect_origin = false` (which also
+/// lets a rule cache what the origin marked `no-store`, `private` or `no-cache`; never a
+/// response to a request with credentials, nor one setting a cookie).
+pub fn apply_rules(
+    decision: Result<Freshness, NotStored>,
+    rules: Option<&relais_rules::Settings>,
+) -> Result<Freshness, NotStored> {
+    let Some(r) = rules else { return decision };
+    if r.cache == Some(false) {
+        return Err(NotStored::Rule);
+    }
+    let overrides = r.respect_origin == Some(false);
+    let blank = Freshness {
+        lifetime: Duration::ZERO,
+        heuristic: true,
+        no_cache: false,
+        must_revalidate: false,
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::ZERO,
+        governing: Governing::None,
+    };
+    let mut f = match decision {
+        Ok(f) => f,
+        Err(NotStored::NoFreshness) if r.edge_ttl.is_some() => blank,
+        Err(NotStored::NoStore | NotStored::Private) if overrides && r.edge_ttl.is_some() => blank,
+        Err(e) => return Err(e),
+    };
+    if let Some(ttl) = r.edge_ttl
+        && (overrides || f.heuristic)
+    {
+        f.lifetime = ttl;
+        f.heuristic = false;
+        if overrides {
+            f.no_cache = false;
+        }
+    }
+    if let Some(d) = r.stale_while_revalidate {
+        f.stale_while_revalidate = d;
+    }
+    if let Some(d) = r.stale_if_error {
+        f.stale_if_error = d;
+    }
+    Ok(f)
 }
 
 pub fn header_date(headers: &HeaderMap, name: HeaderName) -> Option<SystemTime> {
@@ -894,6 +943,72 @@ mod tests {
         assert_eq!(
             store(&[("cache-control", "max-age=60, private")]),
             Err(NotStored::Private)
+        );
+    }
+
+    #[test]
+    fn rules_on_top_of_http() {
+        let rule = |ttl: u64, respect: Option<bool>| relais_rules::Settings {
+            edge_ttl: Some(Duration::from_secs(ttl)),
+            respect_origin: respect,
+            ..Default::default()
+        };
+        // No freshness from the origin: the rule's TTL applies.
+        assert_eq!(
+            apply_rules(store(&[]), Some(&rule(30, None))).map(|f| f.lifetime.as_secs()),
+            Ok(30)
+        );
+        // Explicit origin freshness wins unless the rule overrides it.
+        assert_eq!(
+            apply_rules(
+                store(&[("cache-control", "max-age=5")]),
+                Some(&rule(30, None))
+            )
+            .map(|f| f.lifetime.as_secs()),
+            Ok(5)
+        );
+        assert_eq!(
+            apply_rules(
+                store(&[("cache-control", "max-age=5")]),
+                Some(&rule(30, Some(false)))
+            )
+            .map(|f| f.lifetime.as_secs()),
+            Ok(30)
+        );
+        // no-store is respected unless the rule overrides; Set-Cookie never is.
+        assert_eq!(
+            apply_rules(
+                store(&[("cache-control", "no-store")]),
+                Some(&rule(30, None))
+            ),
+            Err(NotStored::NoStore)
+        );
+        assert!(
+            apply_rules(
+                store(&[("cache-control", "no-store")]),
+                Some(&rule(30, Some(false)))
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            apply_rules(
+                store(&[("set-cookie", "a=b")]),
+                Some(&rule(30, Some(false)))
+            ),
+            Err(NotStored::SetCookie)
+        );
+        let off = relais_rules::Settings {
+            cache: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(
+            apply_rules(store(&[("cache-control", "max-age=5")]), Some(&off)),
+            Err(NotStored::Rule)
+        );
+        assert_eq!(
+            apply_rules(store(&[("cache-control", "max-age=5")]), None)
+                .map(|f| f.lifetime.as_secs()),
+            Ok(5)
         );
     }
 
