@@ -91,6 +91,23 @@ pub struct FileSite {
     pub origins: Vec<FileOrigin>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<FileRule>,
+    /// `active` (default), `bypass`, `maintenance` or `disabled`.
+    pub mode: Option<String>,
+    /// HTML file shown in maintenance mode (read and checked when the file is loaded).
+    pub maintenance_page: Option<PathBuf>,
+    /// `Retry-After` sent in maintenance mode (default 5 minutes).
+    pub retry_after: Option<String>,
+    #[serde(default, rename = "schedule")]
+    pub schedules: Vec<FileSchedule>,
+}
+
+/// A mode that applies between two instants (RFC 3339, e.g. `2027-04-23T18:00:00Z`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSchedule {
+    pub mode: String,
+    pub start: String,
+    pub end: String,
 }
 
 /// One cache rule. Exactly one scope key (`default`, `group`, `content_type`, `dir`, `page`).
@@ -282,6 +299,62 @@ pub struct Site {
     pub origins: Vec<Origin>,
     /// Cache rules, validated (resolved by specificity).
     pub rules: Arc<relais_rules::RuleSet>,
+    pub mode: Mode,
+    pub schedules: Vec<Schedule>,
+    pub maintenance_page: Option<bytes::Bytes>,
+    pub retry_after: Duration,
+}
+
+/// How a site is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Served and cached.
+    Active,
+    /// Served, nothing cached: the CDN is off while DNS still points at us.
+    Bypass,
+    /// The customer's maintenance page, 503 with Retry-After.
+    Maintenance,
+    /// Not served: a clear page.
+    Disabled,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Mode> {
+        Some(match s {
+            "active" => Mode::Active,
+            "bypass" => Mode::Bypass,
+            "maintenance" => Mode::Maintenance,
+            "disabled" => Mode::Disabled,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Active => "active",
+            Mode::Bypass => "bypass",
+            Mode::Maintenance => "maintenance",
+            Mode::Disabled => "disabled",
+        }
+    }
+}
+
+/// A mode applying in `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub mode: Mode,
+    pub start: std::time::SystemTime,
+    pub end: std::time::SystemTime,
+}
+
+impl Site {
+    /// The mode in force at `now`: a schedule covering `now`, else the site's mode.
+    pub fn mode_at(&self, now: std::time::SystemTime) -> Mode {
+        self.schedules
+            .iter()
+            .find(|s| s.start <= now && now < s.end)
+            .map_or(self.mode, |s| s.mode)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -386,6 +459,10 @@ impl Config {
                 max_body_bytes: None,
                 tls: None,
                 rules: vec![],
+                mode: None,
+                maintenance_page: None,
+                retry_after: None,
+                schedules: vec![],
                 origins: vec![FileOrigin {
                     url: origin.to_owned(),
                     host: None,
@@ -654,6 +731,64 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         cert: t.cert,
         key: t.key,
     });
+    const MODES: &str = "\"active\", \"bypass\", \"maintenance\" or \"disabled\"";
+    let mode = match fs.mode.as_deref() {
+        None => Mode::Active,
+        Some(m) => Mode::parse(m).ok_or_else(|| {
+            invalid(
+                format!("{field}.mode"),
+                format!("{m:?} is not one of {MODES}"),
+            )
+        })?,
+    };
+    let mut schedules: Vec<Schedule> = Vec::new();
+    for (i, s) in fs.schedules.iter().enumerate() {
+        let sf = format!("{field}.schedule[{i}]");
+        let when = |name: &str, v: &str| {
+            humantime::parse_rfc3339_weak(v).map_err(|_| {
+                invalid(
+                    format!("{sf}.{name}"),
+                    format!("{v:?} is not a date like \"2027-04-23T18:00:00Z\""),
+                )
+            })
+        };
+        let sched = Schedule {
+            mode: Mode::parse(&s.mode).ok_or_else(|| {
+                invalid(
+                    format!("{sf}.mode"),
+                    format!("{:?} is not one of {MODES}", s.mode),
+                )
+            })?,
+            start: when("start", s.start.trim_end_matches('Z'))?,
+            end: when("end", s.end.trim_end_matches('Z'))?,
+        };
+        if sched.end <= sched.start {
+            return Err(invalid(format!("{sf}.end"), "must be after start"));
+        }
+        if let Some(j) = schedules
+            .iter()
+            .position(|o| o.start < sched.end && sched.start < o.end)
+        {
+            return Err(invalid(
+                sf,
+                format!("overlaps {field}.schedule[{j}]: a site is in one mode at a time"),
+            ));
+        }
+        schedules.push(sched);
+    }
+    let maintenance_page = match &fs.maintenance_page {
+        Some(p) => Some(bytes::Bytes::from(std::fs::read(p).map_err(|e| {
+            invalid(
+                format!("{field}.maintenance_page"),
+                format!("cannot read {}: {e}", p.display()),
+            )
+        })?)),
+        None => None,
+    };
+    let retry_after = match &fs.retry_after {
+        Some(r) => parse_duration(r).map_err(|m| invalid(format!("{field}.retry_after"), m))?,
+        None => Duration::from_secs(300),
+    };
     let mut rules = Vec::with_capacity(fs.rules.len());
     for (r, fr) in fs.rules.into_iter().enumerate() {
         rules.push(validate_rule(fr, r, &format!("{field}.rule[{r}]"))?);
@@ -678,6 +813,10 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         tls,
         origins,
         rules: Arc::new(rules),
+        mode,
+        schedules,
+        maintenance_page,
+        retry_after,
     })
 }
 
@@ -968,6 +1107,46 @@ host = "origin.example"
         assert!(
             matches!(Config::parse(&bad_ttl, "t"), Err(ConfigError::Invalid { field, .. }) if field == "site[0].rule[1].edge_ttl")
         );
+    }
+
+    #[test]
+    fn modes_and_schedules() {
+        let text = GOOD.replace(
+            "grace = \"2h\"",
+            "grace = \"2h\"\nmode = \"disabled\"\n[[site.schedule]]\nmode = \"active\"\nstart = \"2027-04-23T18:00:00Z\"\nend = \"2027-04-24T06:00:00Z\"",
+        );
+        let c = Config::parse(&text, "t").expect("valid");
+        let at = |s: &str| humantime::parse_rfc3339(s).expect("date");
+        assert_eq!(
+            c.sites[0].mode_at(at("2027-04-23T17:59:59Z")),
+            Mode::Disabled
+        );
+        assert_eq!(c.sites[0].mode_at(at("2027-04-23T18:00:00Z")), Mode::Active);
+        assert_eq!(
+            c.sites[0].mode_at(at("2027-04-24T06:00:00Z")),
+            Mode::Disabled
+        );
+        let bad = |t: &str, field: &str| match Config::parse(t, "t") {
+            Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{t}"),
+            other => panic!("expected {field}: {other:?}"),
+        };
+        bad(
+            &text.replace("mode = \"disabled\"", "mode = \"off\""),
+            "site[0].mode",
+        );
+        bad(
+            &text.replace("2027-04-24T06:00:00Z", "2027-04-23T06:00:00Z"),
+            "site[0].schedule[0].end",
+        );
+        bad(
+            &text.replace("2027-04-23T18:00:00Z", "tomorrow"),
+            "site[0].schedule[0].start",
+        );
+        let overlap = text.replace(
+            "end = \"2027-04-24T06:00:00Z\"",
+            "end = \"2027-04-24T06:00:00Z\"\n[[site.schedule]]\nmode = \"maintenance\"\nstart = \"2027-04-24T05:00:00Z\"\nend = \"2027-04-24T07:00:00Z\"",
+        );
+        bad(&overlap, "site[0].schedule[1]");
     }
 
     #[test]

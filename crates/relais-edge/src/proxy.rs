@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::cache::policy::{self, RequestFacts};
 use crate::cache::{self, BodySource, Growing, Key, Meta, Object, PurgeTarget, Store, Tier};
 use crate::clock::SharedClock;
-use crate::config::{Config, Site, normalize_host};
+use crate::config::{Config, Mode, Site, normalize_host};
 use crate::metrics::{EdgeMetrics, Outcome, SiteMetrics};
 use crate::range::{self, Multipart, RangeDecision};
 use crate::response::{CACHE_STATUS, EdgeBody, cache_status, error_page};
@@ -383,6 +383,30 @@ impl Edge {
         let rt = snap.sites[site.index].clone();
         rt.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let host = normalize_host(&host).into_owned();
+
+        // Site modes (CDN-03). Purges work in every mode.
+        let mode = rt.site.mode_at(self.clock.now());
+        if req.method() != *PURGE {
+            match mode {
+                Mode::Active => {}
+                Mode::Disabled => {
+                    return error_page(
+                        StatusCode::NOT_FOUND,
+                        "Ce site est désactivé",
+                        "This site is switched off on this platform.",
+                        &["fwd=bypass", "detail=site-disabled"],
+                    );
+                }
+                Mode::Maintenance => return maintenance_page(&rt.site),
+                Mode::Bypass if req.method() == Method::GET || req.method() == Method::HEAD => {
+                    let (parts, _body) = req.into_parts();
+                    return self
+                        .pass_get(parts, &rt, &host, &conn, "detail=site-bypass")
+                        .await;
+                }
+                Mode::Bypass => {}
+            }
+        }
 
         let resp = if req.method() == *PURGE {
             self.purge_request(&req, &rt, &host, &conn, &snap.config)
@@ -1155,7 +1179,7 @@ impl Edge {
             Ok(resp) => {
                 rt.metrics.count(Outcome::Pass);
                 let st = format!("fwd-status={}", resp.status().as_u16());
-                let fwd = if detail == "detail=rule-bypass" {
+                let fwd = if detail.ends_with("-bypass") {
                     "fwd=bypass"
                 } else {
                     "fwd=miss"
@@ -1543,6 +1567,38 @@ fn passthrough(resp: Response<Incoming>, method: &Method, params: &[&str]) -> Re
         EdgeBody::Upstream(body)
     };
     Response::from_parts(parts, body)
+}
+
+/// Maintenance mode: the site's own page (or ours), 503 with Retry-After.
+fn maintenance_page(site: &Site) -> Response<EdgeBody> {
+    let mut resp = match &site.maintenance_page {
+        Some(page) => {
+            let mut r = Response::new(EdgeBody::Full(Some(page.clone())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut().insert(
+                CACHE_STATUS.clone(),
+                cache_status(&["fwd=bypass", "detail=maintenance"]),
+            );
+            r
+        }
+        None => error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Site en maintenance",
+            "This site is under maintenance. Please come back later.",
+            &["fwd=bypass", "detail=maintenance"],
+        ),
+    };
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(site.retry_after.as_secs()),
+    );
+    resp
 }
 
 fn origin_error_page(e: &UpstreamError, fwd: &str) -> Response<EdgeBody> {

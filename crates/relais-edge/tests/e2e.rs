@@ -1718,3 +1718,69 @@ async fn rules_drive_the_edge_by_specificity() {
         "expired after the new TTL"
     );
 }
+
+/// Site modes switched by reload, and a scheduled mode for an event site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_modes_and_schedules() {
+    let origin = Origin::start(cacheable("the site", "max-age=600")).await;
+    let dir = Arc::new(tempfile::tempdir().expect("tmp"));
+    let page = dir.path().join("maintenance.html");
+    std::fs::write(&page, "<h1>Travaux en cours</h1>").expect("page");
+    let with = |extra: &str| config_text(dir.path(), "", &site_toml(&origin.url(), extra));
+    let h = start(&with(""), dir.clone(), clock_for(&origin), false).await;
+    let apply = |extra: &str| {
+        h.edge
+            .reload(Config::parse(&with(extra), "t").map_err(|e| e.to_string()))
+            .expect("applied");
+    };
+    assert_eq!(h.get("/").await.text(), "the site");
+    assert_eq!(origin.hits(), 1);
+
+    apply("mode = \"bypass\"");
+    for _ in 0..2 {
+        let g = h.get("/").await;
+        assert_eq!(g.text(), "the site");
+        assert!(
+            g.cache_status().contains("fwd=bypass")
+                && g.cache_status().contains("detail=site-bypass"),
+            "{}",
+            g.cache_status()
+        );
+    }
+    assert_eq!(origin.hits(), 3, "bypass: every request reaches the origin");
+
+    apply(&format!(
+        "mode = \"maintenance\"\nmaintenance_page = \"{}\"\nretry_after = \"10m\"",
+        page.display()
+    ));
+    let g = h.get("/").await;
+    assert_eq!(g.status, 503);
+    assert_eq!(g.headers["retry-after"], "600");
+    assert_eq!(g.text(), "<h1>Travaux en cours</h1>");
+    assert_eq!(origin.hits(), 3);
+
+    apply("mode = \"disabled\"");
+    let g = h.get("/").await;
+    assert_eq!(g.status, 404);
+    assert!(g.text().contains("désactivé"), "{}", g.text());
+
+    // Back to active: the cached page is served again without the origin.
+    apply("");
+    assert!(h.get("/").await.cache_status().contains("hit"));
+
+    // An event site: disabled, but active for one evening.
+    let now = relais_edge::clock::Clock::now(&h.clock);
+    let stamp = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let start_at = now + Duration::from_secs(3600);
+    let end_at = now + Duration::from_secs(2 * 3600);
+    apply(&format!(
+        "mode = \"disabled\"\n[[site.schedule]]\nmode = \"active\"\nstart = \"{}\"\nend = \"{}\"",
+        stamp(start_at),
+        stamp(end_at)
+    ));
+    assert_eq!(h.get("/").await.status, 404);
+    h.clock.advance(Duration::from_secs(3600 + 1));
+    assert_eq!(h.get("/").await.status, 200, "the scheduled window is open");
+    h.clock.advance(Duration::from_secs(3600));
+    assert_eq!(h.get("/").await.status, 404, "and closed again");
+}
