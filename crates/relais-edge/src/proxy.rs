@@ -1163,18 +1163,7 @@ impl Edge {
         conn: &ConnInfo,
         detail: &str,
     ) -> Response<EdgeBody> {
-        let mut headers = parts.headers.clone();
-        policy::strip_hop_by_hop(&mut headers);
-        add_forwarding(&mut headers, conn, host, parts.uri.authority());
-        let req = ForwardRequest {
-            method: parts.method.clone(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_else(|| "/".into()),
-            headers,
-        };
+        let req = ForwardRequest::pass(&parts, conn, host);
         match send_with_failover(rt, &req, None).await {
             Ok(resp) => {
                 rt.metrics.count(Outcome::Pass);
@@ -1219,18 +1208,7 @@ impl Edge {
             );
         }
         let (parts, body) = req.into_parts();
-        let mut headers = parts.headers.clone();
-        policy::strip_hop_by_hop(&mut headers);
-        add_forwarding(&mut headers, conn, host, parts.uri.authority());
-        let fwd = ForwardRequest {
-            method: parts.method.clone(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_else(|| "/".into()),
-            headers,
-        };
+        let fwd = ForwardRequest::pass(&parts, conn, host);
         let body: UpBody = http_body_util::Limited::new(body, limit as usize).boxed_unsync();
         match send_with_failover(rt, &fwd, Some(body)).await {
             Ok(resp) => {
@@ -1474,6 +1452,25 @@ struct ForwardRequest {
     method: Method,
     path: String,
     headers: HeaderMap,
+}
+
+impl ForwardRequest {
+    /// The client's request as it goes to the origin when it is passed through: same method,
+    /// target and headers, minus hop-by-hop, plus forwarding headers.
+    fn pass(parts: &Parts, conn: &ConnInfo, host: &str) -> ForwardRequest {
+        let mut headers = parts.headers.clone();
+        policy::strip_hop_by_hop(&mut headers);
+        add_forwarding(&mut headers, conn, host, parts.uri.authority());
+        ForwardRequest {
+            method: parts.method.clone(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
+            headers,
+        }
+    }
 }
 
 async fn wait_ready(fill: &Fill) -> FillState {

@@ -1363,10 +1363,19 @@ async fn hls_dash_and_progressive_mp4_play_through_the_edge() {
     let h = harness(&origin).await;
     let base = h.base.clone();
     let play = move |args: Vec<String>| {
-        std::process::Command::new(args[0].clone())
+        std::process::Command::new(&args[0])
             .args(&args[1..])
             .output()
             .expect("ffmpeg/ffprobe")
+    };
+    // ffmpeg reading a URL to the end, as a player would.
+    let decode = move |url: String| async move {
+        tokio::task::spawn_blocking(move || {
+            let args = ["ffmpeg", "-v", "error", "-i", &url, "-f", "null", "-"];
+            play(args.iter().map(|a| a.to_string()).collect())
+        })
+        .await
+        .expect("join")
     };
     let probe_url = format!("{base}/stream.m3u8");
     let out = tokio::task::spawn_blocking({
@@ -1399,20 +1408,7 @@ async fn hls_dash_and_progressive_mp4_play_through_the_edge() {
     for target in ["stream.m3u8", "manifest.mpd", "video.mp4"] {
         let url = format!("{base}/{target}");
 
-        let out = tokio::task::spawn_blocking(move || {
-            play(vec![
-                "ffmpeg".into(),
-                "-v".into(),
-                "error".into(),
-                "-i".into(),
-                url,
-                "-f".into(),
-                "null".into(),
-                "-".into(),
-            ])
-        })
-        .await
-        .expect("join");
+        let out = decode(url).await;
         assert!(
             out.status.success(),
             "{target}: {}",
@@ -1432,20 +1428,7 @@ async fn hls_dash_and_progressive_mp4_play_through_the_edge() {
     // Every segment was fetched from the origin once; playing again costs the origin nothing.
     let before = origin.hits();
     let url = format!("{base}/stream.m3u8");
-    let out = tokio::task::spawn_blocking(move || {
-        play(vec![
-            "ffmpeg".into(),
-            "-v".into(),
-            "error".into(),
-            "-i".into(),
-            url,
-            "-f".into(),
-            "null".into(),
-            "-".into(),
-        ])
-    })
-    .await
-    .expect("join");
+    let out = decode(url).await;
     assert!(out.status.success());
     assert_eq!(origin.hits(), before, "second playback entirely from cache");
     let mut seen = std::collections::HashMap::new();
