@@ -1014,6 +1014,14 @@ url = "{o}"
         .await
         .expect("h1");
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    // A Host that does not match the TLS connection's SNI: 421, never the other site.
+    let r = h1
+        .get(format!("https://b.example:{port}/x"))
+        .header("host", format!("a.example:{port}"))
+        .send()
+        .await
+        .expect("h1");
+    assert_eq!(r.status(), 421);
     // Unknown host on the plain listener: 404, never another site's content.
     let g = h.get("/").await;
     assert_eq!(g.status, 404);
