@@ -563,7 +563,12 @@ impl Edge {
                     .error_backoff
                     .get(&lk.key)
                     .is_some_and(|until| until > now);
-                if backing_off && staleness <= rt.site.grace.max(m.fresh.stale_if_error) {
+                // A stored error is never a useful substitute for a failing origin.
+                let substitutable = m.status.as_u16() < 500;
+                if substitutable
+                    && backing_off
+                    && staleness <= rt.site.grace.max(m.fresh.stale_if_error)
+                {
                     rt.metrics.count(Outcome::Stale);
                     let ttl = format!("ttl={}", m.ttl(now));
                     return self.respond(
@@ -574,7 +579,8 @@ impl Edge {
                     );
                 }
                 // Every origin is down: serve stale within grace without asking.
-                if !upstream::any_available(&rt.origins)
+                if substitutable
+                    && !upstream::any_available(&rt.origins)
                     && staleness <= rt.site.grace.max(m.fresh.stale_if_error)
                 {
                     rt.metrics.count(Outcome::Stale);
@@ -726,6 +732,7 @@ impl Edge {
                         let window = rt.site.grace.max(m.fresh.stale_if_error);
                         if !m.fresh.must_revalidate
                             && !m.fresh.no_cache
+                            && m.status.as_u16() < 500
                             && m.staleness(now) <= window
                         {
                             self.error_backoff.insert(lk.key, now + ERROR_BACKOFF);
@@ -953,7 +960,17 @@ impl Edge {
             finish(&self);
             return;
         }
-        if status.is_server_error() {
+        // A 5xx is a failure (serve stale if we can, protect the origin) unless nothing stale is
+        // waiting and the origin explicitly allows storing it (negative caching).
+        let explicitly_cacheable = || {
+            policy::storable(job.facts, status, resp.headers(), response_time)
+                .is_ok_and(|f| !f.heuristic)
+        };
+        let substitute_waiting = job
+            .stale
+            .as_ref()
+            .is_some_and(|o| o.meta.status.as_u16() < 500);
+        if status.is_server_error() && (substitute_waiting || !explicitly_cacheable()) {
             let err = UpstreamError::Status {
                 origin: "origin".into(),
                 status,

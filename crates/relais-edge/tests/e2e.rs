@@ -407,6 +407,47 @@ async fn failing_origin_is_not_hammered_and_5xx_serves_stale() {
     assert_eq!(h.get("/p").await.text(), "better");
 }
 
+/// A 5xx with explicit freshness is stored like any response (negative caching); one without
+/// is passed on and never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicitly_cacheable_errors_are_stored() {
+    let origin = Origin::start(|s| match s.path.as_str() {
+        "/busy" => Reply::ok("busy")
+            .status(503)
+            .header("cache-control", "max-age=30"),
+        _ => Reply::ok("broken").status(500),
+    })
+    .await;
+    let h = harness(&origin).await;
+    assert_eq!(h.get("/busy").await.status, 503);
+    let g = h.get("/busy").await;
+    assert_eq!((g.status.as_u16(), g.text().as_str()), (503, "busy"));
+    assert!(g.cache_status().contains("hit"), "{}", g.cache_status());
+    h.clock.advance(Duration::from_secs(31));
+    origin.set_handler(|s| match s.path.as_str() {
+        "/busy" => Reply::ok("still busy")
+            .status(503)
+            .header("cache-control", "max-age=30"),
+        _ => Reply::ok("broken").status(500),
+    });
+    let g = h.get("/busy").await;
+    assert_eq!(
+        g.text(),
+        "still busy",
+        "a stale 5xx is never reused, not even as a stand-in"
+    );
+    assert_eq!(origin.hits(), 2);
+    origin.set_handler(|_| Reply::ok("broken").status(500));
+    h.get("/plain").await;
+    let g = h.get("/plain").await;
+    assert_eq!(
+        (g.status.as_u16(), g.text().as_str()),
+        (500, "broken"),
+        "the origin's own error page is passed on"
+    );
+    assert_eq!(origin.hits(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_origin_gets_no_stale_unless_allowed() {
     let origin = Origin::start(cacheable("v1", "max-age=10")).await;
