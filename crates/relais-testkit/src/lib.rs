@@ -92,18 +92,65 @@ pub type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 /// A scriptable origin.
 pub struct Origin {
     pub addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    connections: Arc<AtomicUsize>,
-    inflight: Arc<AtomicUsize>,
-    max_inflight: Arc<AtomicUsize>,
-    log: Arc<Mutex<Vec<Seen>>>,
-    handler: Arc<Mutex<Handler>>,
+    shared: Arc<Shared>,
     task: Mutex<Option<JoinHandle<()>>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    date: DateSource,
 }
 
-type DateSource = Arc<Mutex<Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>>>;
+type DateSource = Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>;
+
+/// State shared by the accept loop, every connection and the test.
+struct Shared {
+    hits: AtomicUsize,
+    connections: AtomicUsize,
+    inflight: AtomicUsize,
+    max_inflight: AtomicUsize,
+    log: Mutex<Vec<Seen>>,
+    handler: Mutex<Handler>,
+    date: Mutex<DateSource>,
+}
+
+/// Answers one request: records it, asks the handler, stamps `Date` if a clock is set.
+async fn answer(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<OriginBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let seen = Seen {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+    };
+    shared.hits.fetch_add(1, Ordering::SeqCst);
+    let now = shared.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_inflight.fetch_max(now, Ordering::SeqCst);
+    shared.log.lock().expect("log").push(seen.clone());
+    let handler = shared.handler.lock().expect("handler").clone();
+    let reply = handler(&seen);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    shared.inflight.fetch_sub(1, Ordering::SeqCst);
+    let mut resp = build(reply);
+    let source = shared.date.lock().expect("date").clone();
+    if let Some(now) = source
+        && !resp.headers().contains_key(http::header::DATE)
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now()))
+    {
+        resp.headers_mut().insert(http::header::DATE, v);
+    }
+    Ok(resp)
+}
 
 impl Origin {
     /// Starts on 127.0.0.1:0.
@@ -115,91 +162,31 @@ impl Origin {
     pub async fn start_on(addr: SocketAddr, handler: Handler) -> Arc<Origin> {
         let listener = TcpListener::bind(addr).await.expect("bind origin");
         let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared {
+            hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            inflight: AtomicUsize::new(0),
+            max_inflight: AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
+            handler: Mutex::new(handler),
+            date: Mutex::new(None),
+        });
         let o = Arc::new(Origin {
             addr,
-            hits: Arc::default(),
-            connections: Arc::default(),
-            inflight: Arc::default(),
-            max_inflight: Arc::default(),
-            log: Arc::default(),
-            handler: Arc::new(Mutex::new(handler)),
+            shared: shared.clone(),
             task: Mutex::new(None),
             conns: Arc::default(),
-            date: Arc::default(),
         });
-        let date = o.date.clone();
-        let connections = o.connections.clone();
-        let (hits, inflight, max_inflight, log, handler, conns) = (
-            o.hits.clone(),
-            o.inflight.clone(),
-            o.max_inflight.clone(),
-            o.log.clone(),
-            o.handler.clone(),
-            o.conns.clone(),
-        );
+        let conns = o.conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                connections.fetch_add(1, Ordering::SeqCst);
-                let (hits, inflight, max_inflight, log, handler, date) = (
-                    hits.clone(),
-                    inflight.clone(),
-                    max_inflight.clone(),
-                    log.clone(),
-                    handler.clone(),
-                    date.clone(),
-                );
+                shared.connections.fetch_add(1, Ordering::SeqCst);
+                let shared = shared.clone();
                 let conn = tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let (hits, inflight, max_inflight, log, handler, date) = (
-                            hits.clone(),
-                            inflight.clone(),
-                            max_inflight.clone(),
-                            log.clone(),
-                            handler.clone(),
-                            date.clone(),
-                        );
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let seen = Seen {
-                                method: parts.method.to_string(),
-                                path: parts
-                                    .uri
-                                    .path_and_query()
-                                    .map(|p| p.to_string())
-                                    .unwrap_or_default(),
-                                headers: parts.headers,
-                                body,
-                            };
-                            hits.fetch_add(1, Ordering::SeqCst);
-                            let now = inflight.fetch_add(1, Ordering::SeqCst) + 1;
-                            max_inflight.fetch_max(now, Ordering::SeqCst);
-                            log.lock().expect("log").push(seen.clone());
-                            let h = handler.lock().expect("handler").clone();
-                            let reply = h(&seen);
-                            if !reply.delay.is_zero() {
-                                tokio::time::sleep(reply.delay).await;
-                            }
-                            inflight.fetch_sub(1, Ordering::SeqCst);
-                            let mut resp = build(reply);
-                            let source = date.lock().expect("date").clone();
-                            if let Some(now) = source
-                                && !resp.headers().contains_key(http::header::DATE)
-                                && let Ok(v) =
-                                    HeaderValue::from_str(&httpdate::fmt_http_date(now()))
-                            {
-                                resp.headers_mut().insert(http::header::DATE, v);
-                            }
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
+                    let svc = service_fn(move |req| answer(shared.clone(), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -214,12 +201,12 @@ impl Origin {
     /// Stamps `Date` from this clock (the same one the edge under test reads), so that ages
     /// computed from `Date` agree with the test's notion of time.
     pub fn set_clock(&self, now: impl Fn() -> SystemTime + Send + Sync + 'static) {
-        *self.date.lock().expect("date") = Some(Arc::new(now));
+        *self.shared.date.lock().expect("date") = Some(Arc::new(now));
     }
 
     /// Replaces how the origin answers.
     pub fn set_handler(&self, h: impl Fn(&Seen) -> Reply + Send + Sync + 'static) {
-        *self.handler.lock().expect("handler") = Arc::new(h);
+        *self.shared.handler.lock().expect("handler") = Arc::new(h);
     }
 
     /// Stops listening and cuts every open connection: the origin is down.
@@ -234,27 +221,27 @@ impl Origin {
 
     /// Starts again on the same address with the same handler.
     pub async fn restart(&self) -> Arc<Origin> {
-        let h = self.handler.lock().expect("handler").clone();
+        let h = self.shared.handler.lock().expect("handler").clone();
         let o = Origin::start_on(self.addr, h).await;
-        *o.date.lock().expect("date") = self.date.lock().expect("date").clone();
+        *o.shared.date.lock().expect("date") = self.shared.date.lock().expect("date").clone();
         o
     }
 
     pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.shared.hits.load(Ordering::SeqCst)
     }
 
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     pub fn max_concurrency(&self) -> usize {
-        self.max_inflight.load(Ordering::SeqCst)
+        self.shared.max_inflight.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Seen> {
-        self.log.lock().expect("log").clone()
+        self.shared.log.lock().expect("log").clone()
     }
 
     pub fn url(&self) -> String {
