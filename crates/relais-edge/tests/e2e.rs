@@ -347,8 +347,15 @@ async fn origin_down_serves_stale_within_grace_then_errors() {
     assert!(miss.status == 502 || miss.status == 503, "{}", miss.status);
     assert!(miss.text().contains("Relais"));
     // Refused connections open the circuit (fall = 2): the origin is no longer tried at all,
-    // and stale content of any URL is served straight away.
+    // and stale content of any URL is served straight away. (The first failure may be a reset
+    // of a pooled connection, which proves nothing about reachability, so allow a few misses.)
     let edge = h.edge.clone();
+    for i in 0..5 {
+        if !edge.snapshot().sites[0].origins[0].is_available() {
+            break;
+        }
+        assert!(h.get(&format!("/never-{i}")).await.status.is_server_error());
+    }
     assert!(!edge.snapshot().sites[0].origins[0].is_available());
     let g = h.get("/b").await;
     assert_eq!(g.text(), "archived");
