@@ -414,7 +414,7 @@ impl Edge {
             let (parts, _body) = req.into_parts();
             let path = parts.uri.path().to_owned();
             let mut resp = self.clone().cacheable(parts, &rt, &host, &conn, 0).await;
-            if !rt.site.rules.rules().is_empty() {
+            if rt.site.rules.uses("browser_ttl") {
                 self.apply_browser_ttl(&rt, &path, &mut resp);
             }
             resp

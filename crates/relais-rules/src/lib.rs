@@ -305,6 +305,8 @@ impl fmt::Display for RuleError {
 pub struct RuleSet {
     rules: Vec<Rule>,
     groups: Groups,
+    /// Settings that at least one rule sets (indexes into `SETTINGS`).
+    used: [bool; SETTINGS.len()],
 }
 
 /// Why a candidate did not win, for `explain`.
@@ -409,11 +411,23 @@ impl RuleSet {
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(RuleSet { rules, groups })
-        } else {
-            Err(errors)
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        let used = SETTINGS.map(|s| rules.iter().any(|r| r.settings.is_set(s)));
+        Ok(RuleSet {
+            rules,
+            groups,
+            used,
+        })
+    }
+
+    /// Whether any rule sets this setting (lets callers skip a resolution that cannot matter).
+    pub fn uses(&self, setting: &str) -> bool {
+        SETTINGS
+            .iter()
+            .position(|s| *s == setting)
+            .is_some_and(|i| self.used[i])
     }
 
     pub fn rules(&self) -> &[Rule] {

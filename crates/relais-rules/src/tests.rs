@@ -88,6 +88,7 @@ fn precedence_table() {
     // group (the directory rule does not set it), its edge TTL from the directory.
     let s = rs.resolve("/news/a.png", Some("image/png"));
     assert_eq!((s.edge_ttl, s.browser_ttl), (secs(30), secs(3600)));
+    assert!(rs.uses("browser_ttl") && rs.uses("query") && !rs.uses("key_cookies"));
     // Bypass is a path decision; "do not store" is a content decision.
     assert_eq!(rs.resolve("/account/me", None).cache, Some(false));
     assert_eq!(
