@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The only file format version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -40,9 +40,10 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
 // File form
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
     #[serde(default)]
     pub edge: FileEdge,
@@ -52,57 +53,77 @@ pub struct FileConfig {
     pub sites: Vec<FileSite>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileEdge {
     #[serde(default)]
     pub listen: Vec<String>,
     #[serde(default)]
     pub listen_tls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub purge_secret: Option<String>,
     /// Bind with SO_REUSEPORT so that a new binary can start beside the old one during an
     /// upgrade (the old one then drains on SIGTERM).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reuse_port: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_header_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_idle_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_uri_bytes: Option<ByteSize>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileCache {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_object: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<ByteSize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSite {
     pub name: String,
     pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub grace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<ByteSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<FileTls>,
     #[serde(rename = "origin")]
     pub origins: Vec<FileOrigin>,
-    #[serde(default, rename = "rule")]
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<FileRule>,
     /// `active` (default), `bypass`, `maintenance` or `disabled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// HTML file shown in maintenance mode (read and checked when the file is loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_page: Option<PathBuf>,
+    /// The maintenance page inline (what the control plane distributes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_html: Option<String>,
     /// `Retry-After` sent in maintenance mode (default 5 minutes).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<String>,
-    #[serde(default, rename = "schedule")]
+    #[serde(default, rename = "schedule", skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<FileSchedule>,
 }
 
 /// A mode that applies between two instants (RFC 3339, e.g. `2027-04-23T18:00:00Z`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSchedule {
     pub mode: String,
@@ -111,28 +132,43 @@ pub struct FileSchedule {
 }
 
 /// One cache rule. Exactly one scope key (`default`, `group`, `content_type`, `dir`, `page`).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileRule {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub edge_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub browser_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub respect_origin: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_while_revalidate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_if_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<FileQuery>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_headers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_cookies: Option<Vec<String>>,
 }
 
 /// `query = "keep" | "ignore" | "sorted"` or `{ only = [..] }` / `{ drop = [..] }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum FileQuery {
     Mode(String),
@@ -140,37 +176,61 @@ pub enum FileQuery {
     Drop { drop: Vec<String> },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// Certificate chain and key as files (relais.toml) ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// ... or inline PEM (what the control plane distributes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOrigin {
     pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<FileHealth>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHealth {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rise: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fall: Option<u32>,
 }
 
 /// A byte count written as an integer or as `"256MiB"`, `"10 GB"`, `"512k"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -319,7 +379,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn parse(s: &str) -> Option<Mode> {
+    pub fn parse(s: &str) -> Option<Mode> {
         Some(match s {
             "active" => Mode::Active,
             "bypass" => Mode::Bypass,
@@ -359,8 +419,24 @@ impl Site {
 
 #[derive(Debug, Clone)]
 pub struct SiteTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: PemSource,
+    pub key: PemSource,
+}
+
+/// Where a PEM document comes from.
+#[derive(Debug, Clone)]
+pub enum PemSource {
+    File(PathBuf),
+    Inline(String),
+}
+
+impl fmt::Display for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemSource::File(p) => write!(f, "{}", p.display()),
+            PemSource::Inline(_) => f.write_str("(inline PEM)"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -461,6 +537,7 @@ impl Config {
                 rules: vec![],
                 mode: None,
                 maintenance_page: None,
+                maintenance_html: None,
                 retry_after: None,
                 schedules: vec![],
                 origins: vec![FileOrigin {
@@ -477,6 +554,16 @@ impl Config {
     }
 
     pub fn from_file(file: FileConfig) -> Result<Config, ConfigError> {
+        Self::build(file, false)
+    }
+
+    /// Like [`Config::from_file`], for an edge that follows a control plane: it may start with
+    /// no site yet and receive them later.
+    pub fn for_follower(file: FileConfig) -> Result<Config, ConfigError> {
+        Self::build(file, true)
+    }
+
+    fn build(file: FileConfig, allow_empty: bool) -> Result<Config, ConfigError> {
         match file.version {
             Some(CONFIG_VERSION) => {}
             Some(v) => {
@@ -571,7 +658,7 @@ impl Config {
             cache.max_memory_object = cache.memory_bytes;
         }
 
-        if file.sites.is_empty() {
+        if file.sites.is_empty() && !allow_empty {
             return Err(invalid("site", "at least one [[site]] is required"));
         }
         let mut sites = Vec::with_capacity(file.sites.len());
@@ -616,7 +703,7 @@ impl Config {
         routes
             .wildcard
             .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        if !listen_tls.is_empty() && !sites.iter().any(|s| s.tls.is_some()) {
+        if !listen_tls.is_empty() && !allow_empty && !sites.iter().any(|s| s.tls.is_some()) {
             return Err(invalid(
                 "edge.listen_tls",
                 "a TLS listener needs at least one site with [site.tls]",
@@ -652,6 +739,12 @@ impl Config {
     pub fn site_by_name(&self, name: &str) -> Option<&Arc<Site>> {
         self.sites.iter().find(|s| s.name == name)
     }
+}
+
+/// Validates one site document on its own (what the control plane does before it stores a
+/// draft). Errors name fields from `site.`.
+pub fn validate_site_doc(fs: &FileSite) -> Result<Site, ConfigError> {
+    validate_site(0, fs.clone(), "site")
 }
 
 /// Lowercases, strips a port and a trailing dot. Borrowed when nothing changes.
@@ -727,10 +820,23 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         let of = format!("{field}.origin[{o}]");
         origins.push(validate_origin(fo, &of)?);
     }
-    let tls = fs.tls.map(|t| SiteTls {
-        cert: t.cert,
-        key: t.key,
-    });
+    let tls = match fs.tls {
+        None => None,
+        Some(t) => {
+            let pick = |file: Option<PathBuf>, pem: Option<String>, name: &str| match (file, pem) {
+                (Some(f), None) => Ok(PemSource::File(f)),
+                (None, Some(p)) => Ok(PemSource::Inline(p)),
+                _ => Err(invalid(
+                    format!("{field}.tls.{name}"),
+                    format!("give exactly one of {name} (a file) or {name}_pem (inline)"),
+                )),
+            };
+            Some(SiteTls {
+                cert: pick(t.cert, t.cert_pem, "cert")?,
+                key: pick(t.key, t.key_pem, "key")?,
+            })
+        }
+    };
     const MODES: &str = "\"active\", \"bypass\", \"maintenance\" or \"disabled\"";
     let mode = match fs.mode.as_deref() {
         None => Mode::Active,
@@ -776,14 +882,20 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         }
         schedules.push(sched);
     }
+    if fs.maintenance_page.is_some() && fs.maintenance_html.is_some() {
+        return Err(invalid(
+            format!("{field}.maintenance_html"),
+            "give maintenance_page (a file) or maintenance_html, not both",
+        ));
+    }
     let maintenance_page = match &fs.maintenance_page {
+        None => fs.maintenance_html.clone().map(bytes::Bytes::from),
         Some(p) => Some(bytes::Bytes::from(std::fs::read(p).map_err(|e| {
             invalid(
                 format!("{field}.maintenance_page"),
                 format!("cannot read {}: {e}", p.display()),
             )
         })?)),
-        None => None,
     };
     let retry_after = match &fs.retry_after {
         Some(r) => parse_duration(r).map_err(|m| invalid(format!("{field}.retry_after"), m))?,

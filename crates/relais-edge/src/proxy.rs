@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -133,6 +133,10 @@ pub struct Edge {
     options: EdgeOptions,
     generation: AtomicU64,
     pub last_reload_error: Mutex<Option<String>>,
+    /// False while this edge cannot vouch that it has applied every purge (it follows a control
+    /// plane and lost contact, or has not caught up since it started). Stored objects are then
+    /// revalidated before use and never served stale: a purge it missed could cover them.
+    vouched: AtomicBool,
 }
 
 /// What lookup + policy decided for a GET/HEAD.
@@ -253,9 +257,21 @@ impl Edge {
             options,
             generation: AtomicU64::new(0),
             last_reload_error: Mutex::new(None),
+            vouched: AtomicBool::new(true),
         });
         edge.apply(config).map_err(EdgeError::Config)?;
         Ok(edge)
+    }
+
+    /// See the `vouched` field: whether cached objects may be used without asking the origin.
+    pub fn set_vouched(&self, vouched: bool) {
+        if self.vouched.swap(vouched, Ordering::SeqCst) != vouched {
+            tracing::info!(vouched, "purge vouching changed");
+        }
+    }
+
+    pub fn is_vouched(&self) -> bool {
+        self.vouched.load(Ordering::SeqCst)
     }
 
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
@@ -535,7 +551,8 @@ impl Edge {
         if let Some((obj, tier)) = &lk.found {
             let m = &obj.meta;
             let age = m.current_age(now).as_secs();
-            let fresh = m.is_fresh(now) && !m.fresh.no_cache;
+            let vouched = self.is_vouched();
+            let fresh = vouched && m.is_fresh(now) && !m.fresh.no_cache;
             let client_ok = !reqd.no_cache
                 && reqd.max_age.is_none_or(|ma| age <= ma)
                 && reqd.min_fresh.is_none_or(|mf| m.ttl(now) >= mf as i64);
@@ -549,7 +566,7 @@ impl Edge {
             }
             forced = fresh && !client_ok;
             let staleness = m.staleness(now);
-            if !fresh && !m.fresh.must_revalidate && !m.fresh.no_cache {
+            if vouched && !fresh && !m.fresh.must_revalidate && !m.fresh.no_cache {
                 // The client accepts stale (max-stale).
                 if let Some(ms) = reqd.max_stale
                     && ms.is_none_or(|ms| staleness.as_secs() <= ms)
@@ -730,7 +747,8 @@ impl Edge {
                     if let Some(obj) = &stale {
                         let m = &obj.meta;
                         let window = rt.site.grace.max(m.fresh.stale_if_error);
-                        if !m.fresh.must_revalidate
+                        if self.is_vouched()
+                            && !m.fresh.must_revalidate
                             && !m.fresh.no_cache
                             && m.status.as_u16() < 500
                             && m.staleness(now) <= window
@@ -1441,6 +1459,60 @@ impl Edge {
     /// Applies a purge for a site by name.
     pub fn purge(&self, target: &PurgeTarget) -> usize {
         self.store.purge(target)
+    }
+
+    /// Applies a purge described the way the API and the control plane describe it: `kind` is
+    /// `url` (absolute URL, or a path for every host of the site), `prefix`, `tag` or `all`.
+    /// A purge for a site this edge does not (yet) know is a no-op that succeeds.
+    pub fn purge_described(
+        &self,
+        site: &str,
+        kind: &str,
+        value: &str,
+        soft: bool,
+    ) -> Result<usize, String> {
+        let name: Arc<str> = site.into();
+        let target = match kind {
+            "url" => {
+                if value.starts_with('/') {
+                    PurgeTarget::Path {
+                        site: name,
+                        path: value.to_owned(),
+                    }
+                } else {
+                    let u: http::Uri = value
+                        .parse()
+                        .map_err(|_| format!("{value:?} is not a URL"))?;
+                    let (Some(host), Some(pq)) = (u.host(), u.path_and_query()) else {
+                        return Err(format!("{value:?} is not an absolute URL"));
+                    };
+                    PurgeTarget::Url {
+                        primary: cache::primary_key(site, &normalize_host(host), pq.as_str()),
+                        site: name,
+                    }
+                }
+            }
+            "prefix" if value.starts_with('/') => PurgeTarget::Prefix {
+                site: name,
+                prefix: value.to_owned(),
+            },
+            "tag" if !value.is_empty() => PurgeTarget::Tag {
+                site: name,
+                tag: value.to_owned(),
+            },
+            "all" => PurgeTarget::Site { site: name },
+            _ => return Err(format!("invalid purge {kind} {value:?}")),
+        };
+        let n = if soft {
+            self.store.soft_purge(&target, self.clock.now())
+        } else {
+            self.store.purge(&target)
+        };
+        let snap = self.snapshot.load();
+        if let Some(rt) = snap.sites.iter().find(|r| r.site.name == site) {
+            rt.metrics.purges.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(n)
     }
 }
 

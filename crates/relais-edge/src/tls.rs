@@ -2,7 +2,6 @@
 //! atomically, so a certificate change never needs a restart or drops a connection.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -12,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{Config, normalize_host};
+use crate::config::{Config, PemSource, normalize_host};
 
 /// Host name → certificate, as loaded from the sites' `[site.tls]`.
 #[derive(Default, Debug)]
@@ -69,21 +68,27 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot parse certificate {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        return Err(format!("no certificate found in {}", cert.display()));
+fn load_pair(cert: &PemSource, key: &PemSource) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = match cert {
+        PemSource::File(p) => CertificateDer::pem_file_iter(p)
+            .map_err(|e| format!("cannot read certificate {}: {e}", p.display()))?
+            .collect::<Result<_, _>>(),
+        PemSource::Inline(t) => CertificateDer::pem_slice_iter(t.as_bytes()).collect(),
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    .map_err(|e| format!("cannot parse certificate {cert}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate found in {cert}"));
+    }
+    let key = match key {
+        PemSource::File(p) => PrivateKeyDer::from_pem_file(p),
+        PemSource::Inline(t) => PrivateKeyDer::from_pem_slice(t.as_bytes()),
+    }
+    .map_err(|e| format!("cannot read private key {key}: {e}"))?;
     let signer = ring::sign::any_supported_type(&key)
         .map_err(|e| format!("unsupported private key: {e}"))?;
     let ck = CertifiedKey::new(chain, signer);
     ck.keys_match()
-        .map_err(|e| format!("certificate {} does not match its key: {e}", cert.display()))?;
+        .map_err(|e| format!("certificate {cert} does not match its key: {e}"))?;
     Ok(Arc::new(ck))
 }
 

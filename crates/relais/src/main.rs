@@ -33,25 +33,70 @@ struct Cli {
 enum Command {
     /// Start the platform on embedded defaults with a demo site (http://localhost:8080/).
     Serve {
-        /// Where the cache and data live.
+        /// Where the database, the cache and the edge's state live.
         #[arg(long, default_value = "./relais-data", env = "RELAIS_DATA")]
         data: PathBuf,
+        /// The edge (the demo site is at http://localhost:8080/).
         #[arg(long, default_value = "127.0.0.1:8080", env = "RELAIS_LISTEN")]
         listen: SocketAddr,
+        /// The edge's admin listener (metrics, status).
         #[arg(long, default_value = "127.0.0.1:9090", env = "RELAIS_ADMIN")]
         admin: SocketAddr,
+        /// The control plane (API at /api/v1, OpenAPI at /api/openapi.json).
+        #[arg(long, default_value = "127.0.0.1:8090", env = "RELAIS_CONTROL_LISTEN")]
+        control_listen: SocketAddr,
+        /// The demo origin.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        demo_origin: SocketAddr,
+        /// Database URL (default: SQLite in the data directory; or postgres://…).
+        #[arg(long, env = "RELAIS_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Run the control plane alone (edges follow it with `relais edge --control URL`).
+    Control {
+        #[arg(long, default_value = "127.0.0.1:8090", env = "RELAIS_CONTROL_LISTEN")]
+        listen: SocketAddr,
+        /// sqlite://path/to/control.db or postgres://user:pass@host/db
+        #[arg(
+            long,
+            default_value = "sqlite://relais-data/control.db",
+            env = "RELAIS_DATABASE_URL"
+        )]
+        database_url: String,
+        /// Drafts are served on `<site>.<staging-domain>`.
+        #[arg(long, default_value = "staging.localhost")]
+        staging_domain: String,
+    },
+    /// The audit journal.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Run the caching edge, from a configuration file or in quick-start form.
     Edge {
         /// Configuration file (reloaded on change and on SIGHUP).
         #[arg(long, short, conflicts_with_all = ["origin"])]
         config: Option<PathBuf>,
-        /// Quick start: address to listen on.
+        /// Quick start or follower: address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: Vec<SocketAddr>,
         /// Quick start: the origin serving every host, e.g. http://127.0.0.1:9000.
-        #[arg(long, required_unless_present = "config")]
+        #[arg(long, required_unless_present_any = ["config", "control"], conflicts_with = "control")]
         origin: Option<String>,
+        /// Follow a control plane (e.g. http://127.0.0.1:8090): sites, changes and purges
+        /// come from it.
+        #[arg(long)]
+        control: Option<String>,
+        /// This edge's token (from `POST /api/v1/edges`).
+        #[arg(long, env = "RELAIS_CONTROL_TOKEN", requires = "control")]
+        control_token: Option<String>,
+        /// Follower: where the last good snapshot and purge progress are kept.
+        #[arg(long, default_value = "./relais-edge-state")]
+        state_dir: PathBuf,
+        /// Follower: how long the edge vouches for its cache without news from the control
+        /// plane (after that, cached objects are revalidated before use).
+        #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
+        lease: Duration,
         /// Quick start: admin listener (metrics, purge).
         #[arg(long)]
         admin: Option<SocketAddr>,
@@ -78,6 +123,23 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the journal's hash chain; exits non-zero if an entry was altered or removed.
+    Verify {
+        #[arg(
+            long,
+            default_value = "sqlite://relais-data/control.db",
+            env = "RELAIS_DATABASE_URL"
+        )]
+        database_url: String,
+    },
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    relais_edge::config::parse_duration(s)
 }
 
 #[derive(Subcommand)]
@@ -174,10 +236,72 @@ async fn run(cmd: Command) -> Result<()> {
         Command::Edge {
             config: None,
             listen,
+            control: Some(control),
+            control_token,
+            state_dir,
+            lease,
+            admin,
+            cache_dir,
+            reuse_port,
+            ..
+        } => {
+            let Some(token) = control_token else {
+                bail!("--control-token (or RELAIS_CONTROL_TOKEN) is required with --control")
+            };
+            let base = follower_base(&listen, admin, cache_dir, reuse_port);
+            let opts = relais_edge::follow::FollowOptions {
+                control,
+                token,
+                state_dir,
+                base,
+                lease,
+                listen: listen.iter().map(|a| a.to_string()).collect(),
+            };
+            run_follower(opts).await
+        }
+        Command::Control {
+            listen,
+            database_url,
+            staging_domain,
+        } => {
+            prepare_sqlite_dir(&database_url)?;
+            let ctl = relais_control::Control::open(
+                &database_url,
+                Arc::new(SystemClock),
+                relais_control::ControlOptions { staging_domain },
+            )
+            .await?;
+            if let Some(first) = relais_control::bootstrap::bootstrap(&ctl, None)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?
+            {
+                print_first_run(&first);
+            }
+            let running = relais_control::serve(ctl, listen).await?;
+            tracing::info!(addr = %running.addr, "control plane listening");
+            shutdown_signal().await;
+            running.shutdown().await;
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { database_url },
+        } => {
+            let db = relais_control::Db::connect(&database_url).await?;
+            let v = relais_control::audit::verify(&db).await?;
+            println!("{}", v.message);
+            if !v.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Edge {
+            config: None,
+            listen,
             origin,
             admin,
             cache_dir,
             reuse_port,
+            ..
         } => {
             let Some(origin) = origin else {
                 bail!("--origin or --config is required")
@@ -191,23 +315,122 @@ async fn run(cmd: Command) -> Result<()> {
             data,
             listen,
             admin,
+            control_listen,
+            demo_origin,
+            database_url,
         } => {
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("cannot create {}", data.display()))?;
-            let origin = demo::start_origin("127.0.0.1:0".parse()?).await?;
-            let text = demo::config_text(listen, admin, origin, &data.join("cache"));
-            let cfg_path = data.join("relais.toml");
-            if !cfg_path.exists() {
-                std::fs::write(&cfg_path, &text)?;
+            let origin = demo::start_origin(demo_origin)
+                .await
+                .with_context(|| format!("cannot start the demo origin on {demo_origin}"))?;
+            let url = database_url
+                .unwrap_or_else(|| format!("sqlite://{}", data.join("control.db").display()));
+            let ctl = relais_control::Control::open(
+                &url,
+                Arc::new(SystemClock),
+                relais_control::ControlOptions::default(),
+            )
+            .await
+            .with_context(|| format!("cannot open the database {url}"))?;
+            let first =
+                relais_control::bootstrap::bootstrap(&ctl, Some(&format!("http://{origin}")))
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
+            let token = ctl.local_edge_token("local").await?;
+            let running = relais_control::serve(ctl, control_listen).await?;
+            let opts = relais_edge::follow::FollowOptions {
+                control: format!("http://{}", running.addr),
+                token,
+                state_dir: data.join("edge"),
+                base: follower_base(&[listen], Some(admin), Some(data.join("cache")), false),
+                lease: Duration::from_secs(3),
+                listen: vec![listen.to_string()],
+            };
+            if let Some(first) = &first {
+                print_first_run(first);
             }
-            let cfg = Config::parse(&text, "built-in demo configuration")?;
             println!(
-                "Relais is serving the demo site at http://localhost:{}/ (admin: http://{admin}/metrics)",
-                listen.port()
+                "Relais is serving the demo site at http://localhost:{}/\n  control plane API: http://{}/api/v1 (OpenAPI: /api/openapi.json)\n  edge admin: http://{admin}/metrics",
+                listen.port(),
+                running.addr
             );
-            run_edge(cfg, None).await
+            let r = run_follower(opts).await;
+            running.shutdown().await;
+            r
         }
     }
+}
+
+fn follower_base(
+    listen: &[SocketAddr],
+    admin: Option<SocketAddr>,
+    cache_dir: Option<PathBuf>,
+    reuse_port: bool,
+) -> relais_edge::config::FileConfig {
+    use relais_edge::config::{ByteSize, FileCache, FileConfig, FileEdge};
+    FileConfig {
+        version: Some(relais_edge::config::CONFIG_VERSION),
+        edge: FileEdge {
+            listen: listen.iter().map(|a| a.to_string()).collect(),
+            admin: admin.map(|a| a.to_string()),
+            reuse_port: Some(reuse_port),
+            ..Default::default()
+        },
+        cache: FileCache {
+            disk_bytes: cache_dir.as_ref().map(|_| ByteSize(2 << 30)),
+            disk_path: cache_dir,
+            ..Default::default()
+        },
+        sites: vec![],
+    }
+}
+
+fn print_first_run(first: &relais_control::bootstrap::FirstRun) {
+    println!(
+        "First start: platform administrator {} / password {}\n  (shown once; a second factor is required: POST /api/v1/auth/totp/setup)",
+        first.admin_email, first.admin_password
+    );
+    if let Some((email, pw)) = &first.demo {
+        println!("  demo webmaster {email} / password {pw}");
+    }
+}
+
+fn prepare_sqlite_dir(url: &str) -> Result<()> {
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs an edge that follows a control plane.
+async fn run_follower(opts: relais_edge::follow::FollowOptions) -> Result<()> {
+    let (state, _) = relais_edge::follow::load_state(&opts.state_dir);
+    let cfg = relais_edge::follow::build_config(&opts.base, &state)
+        .or_else(|e| {
+            tracing::warn!(error = %e, "the stored snapshot is not valid any more; starting empty");
+            relais_edge::follow::build_config(&opts.base, &Default::default())
+        })
+        .context("refusing to start")?;
+    let edge = Edge::new(cfg, Arc::new(SystemClock), EdgeOptions::default())?;
+    let _follow = relais_edge::follow::spawn(edge.clone(), opts).map_err(anyhow::Error::msg)?;
+    let running = relais_edge::server::start(edge.clone(), None).await?;
+    for a in &running.http {
+        tracing::info!(addr = %a, "edge listening (http)");
+    }
+    for a in &running.https {
+        tracing::info!(addr = %a, "edge listening (https, h2 + http/1.1)");
+    }
+    if let Some(a) = running.admin {
+        tracing::info!(addr = %a, "admin listening");
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections, open ones finish");
+    running.shutdown().await;
+    Ok(())
 }
 
 async fn run_edge(cfg: Config, path: Option<PathBuf>) -> Result<()> {

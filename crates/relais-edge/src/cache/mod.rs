@@ -207,6 +207,8 @@ pub struct Object {
 pub enum PurgeTarget {
     /// Every variant of one URL.
     Url { site: Arc<str>, primary: Key },
+    /// One path (and query) on every host of the site.
+    Path { site: Arc<str>, path: String },
     /// Every URL whose path (and query) starts with the prefix.
     Prefix { site: Arc<str>, prefix: String },
     /// Every object tagged so by the origin (`Surrogate-Key`, `Cache-Tag`, `xkey`).
@@ -216,9 +218,20 @@ pub enum PurgeTarget {
 }
 
 impl PurgeTarget {
+    pub fn site(&self) -> &Arc<str> {
+        match self {
+            PurgeTarget::Url { site, .. }
+            | PurgeTarget::Path { site, .. }
+            | PurgeTarget::Prefix { site, .. }
+            | PurgeTarget::Tag { site, .. }
+            | PurgeTarget::Site { site } => site,
+        }
+    }
+
     fn matches(&self, m: &Meta) -> bool {
         match self {
             PurgeTarget::Url { site, primary } => *site == m.site && *primary == m.primary,
+            PurgeTarget::Path { site, path } => *site == m.site && m.path == *path,
             PurgeTarget::Prefix { site, prefix } => {
                 *site == m.site && m.path.starts_with(prefix.as_str())
             }
@@ -355,6 +368,11 @@ impl SiteIndex {
             PurgeTarget::Url { primary, .. } => self
                 .by_primary
                 .get(primary)
+                .map(|s| s.iter().collect())
+                .unwrap_or_default(),
+            PurgeTarget::Path { path, .. } => self
+                .by_path
+                .get(path.as_str())
                 .map(|s| s.iter().collect())
                 .unwrap_or_default(),
             PurgeTarget::Prefix { prefix, .. } => self
@@ -789,12 +807,7 @@ impl Store {
         while idx.recent.len() > RECENT_PURGES {
             idx.recent.pop_front();
         }
-        let site = match target {
-            PurgeTarget::Url { site, .. }
-            | PurgeTarget::Prefix { site, .. }
-            | PurgeTarget::Tag { site, .. }
-            | PurgeTarget::Site { site } => site.clone(),
-        };
+        let site = target.site().clone();
         let keys = idx
             .sites
             .get(&site)
@@ -808,6 +821,63 @@ impl Store {
         }
         if matches!(target, PurgeTarget::Site { .. }) {
             idx.sites.remove(&site);
+        }
+        self.stats
+            .purged_objects
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Soft purge: every object the target covers becomes stale at once but stays stored, so
+    /// the next request revalidates it (a cheap 304 when it did not change) and
+    /// stale-while-revalidate / grace still apply. Returns how many were marked.
+    pub fn soft_purge(&self, target: &PurgeTarget, now: SystemTime) -> usize {
+        let mut idx = self.lock_index();
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        idx.recent.push_back((epoch, target.clone()));
+        while idx.recent.len() > RECENT_PURGES {
+            idx.recent.pop_front();
+        }
+        let site = target.site().clone();
+        let keys = idx
+            .sites
+            .get(&site)
+            .map(|s| s.keys(target))
+            .unwrap_or_default();
+        let mut n = 0;
+        for k in keys {
+            let in_mem = self.mem.peek(&k);
+            let Some(meta) = in_mem
+                .as_ref()
+                .map(|o| o.meta.clone())
+                .or_else(|| self.disk.peek(&k))
+            else {
+                continue;
+            };
+            let mut m = (*meta).clone();
+            m.fresh.lifetime = m.current_age(now).min(m.fresh.lifetime);
+            let m = Arc::new(m);
+            if let Some(o) = in_mem {
+                let mut ev = Vec::new();
+                self.mem.insert_with_lifecycle(
+                    k,
+                    Arc::new(Object {
+                        meta: m.clone(),
+                        body: o.body.clone(),
+                    }),
+                    &mut ev,
+                );
+                self.drop_mem_evicted(&mut idx, ev);
+            }
+            if self.disk.contains_key(&k) {
+                if let Err(e) = disk::write_meta(&self.dir, &m) {
+                    tracing::warn!(error = %e, "cannot update stored metadata");
+                }
+                let mut ev = Vec::new();
+                self.disk.insert_with_lifecycle(k, m, &mut ev);
+                self.drop_disk_evicted(&mut idx, ev);
+            }
+            n += 1;
         }
         self.stats
             .purged_objects

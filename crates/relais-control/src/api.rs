@@ -1,0 +1,1507 @@
+//! The HTTP API (`/api/v1`), the OpenAPI document and the edge endpoints (`/edge/v1`).
+//!
+//! Every handler authenticates ([`Actor`]), loads the object, finds its organisation and calls
+//! [`Control::check`] before anything else; the error table is in [`crate::error`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use relais_edge::config::{FileSchedule, FileTls};
+use relais_edge::proto::Ack;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::Control;
+use crate::audit::{self, Change};
+use crate::auth::{
+    self, Actor, Perm, ROLES, SCOPES, SESSION_COOKIE, SESSION_TTL, Who, hash_password, millis,
+    new_token, sha256_hex,
+};
+use crate::db::col;
+use crate::edges::PurgeRequest;
+use crate::error::{ApiError, ApiResult};
+use crate::sites::{self, SiteRow};
+
+type St = State<Arc<Control>>;
+
+/// A JSON body whose problems come out of the error table.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &S) -> Result<Self, ApiError> {
+        let b = Bytes::from_request(req, st).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new("payload_too_large", "the request body is larger than 2 MiB")
+            } else {
+                ApiError::new("bad_request", e.body_text())
+            }
+        })?;
+        serde_json::from_slice(&b)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new("bad_request", format!("invalid JSON: {e}")))
+    }
+}
+
+pub fn router(st: Arc<Control>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/auth/me", get(me))
+        .route("/api/v1/auth/sessions", get(sessions))
+        .route("/api/v1/auth/sessions/{id}", delete(revoke_session))
+        .route("/api/v1/auth/totp/setup", post(totp_setup))
+        .route("/api/v1/auth/totp/confirm", post(totp_confirm))
+        .route("/api/v1/orgs", get(list_orgs).post(create_org))
+        .route("/api/v1/orgs/{id}", get(get_org))
+        .route(
+            "/api/v1/orgs/{id}/members",
+            get(list_members).put(set_member),
+        )
+        .route("/api/v1/orgs/{id}/members/{user}", delete(remove_member))
+        .route(
+            "/api/v1/orgs/{id}/tokens",
+            get(list_tokens).post(create_token),
+        )
+        .route("/api/v1/orgs/{id}/tokens/{token}", delete(revoke_token))
+        .route("/api/v1/orgs/{id}/sites", get(list_sites).post(create_site))
+        .route("/api/v1/orgs/{id}/audit", get(org_audit))
+        .route("/api/v1/sites/{id}", get(get_site).delete(delete_site))
+        .route("/api/v1/sites/{id}/draft", put(put_draft))
+        .route("/api/v1/sites/{id}/certificate", put(put_certificate))
+        .route("/api/v1/sites/{id}/publish", post(publish))
+        .route("/api/v1/sites/{id}/rollback", post(rollback))
+        .route("/api/v1/sites/{id}/versions", get(versions))
+        .route("/api/v1/sites/{id}/versions/{version}", get(version))
+        .route("/api/v1/sites/{id}/diff", get(diff))
+        .route("/api/v1/sites/{id}/mode", put(set_mode))
+        .route("/api/v1/sites/{id}/schedules", put(set_schedules))
+        .route("/api/v1/sites/{id}/explain", get(explain))
+        .route("/api/v1/sites/{id}/purges", get(site_purges).post(purge))
+        .route("/api/v1/sites/{id}/definition", get(definition))
+        .route("/api/v1/purges/{id}", get(receipt))
+        .route("/api/v1/audit", get(all_audit))
+        .route("/api/v1/audit/verify", get(audit_verify))
+        .route("/api/v1/edges", get(list_edges).post(create_edge))
+        .route("/edge/v1/stream", get(edge_stream))
+        .route("/edge/v1/ack", post(edge_ack))
+        .fallback(|| async { ApiError::new("no_route", "no such endpoint; see /api/openapi.json") })
+        .layer(DefaultBodyLimit::max(2 << 20))
+        .with_state(st)
+}
+
+fn id(s: &str) -> ApiResult<i64> {
+    s.parse().map_err(|_| ApiError::not_found())
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document().to_string(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign-in, sessions, second factor
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    email: String,
+    password: String,
+    #[serde(default)]
+    totp: Option<String>,
+}
+
+/// An argon2 hash of a random password, verified when the e-mail is unknown so that both cases
+/// take the same time.
+fn dummy_hash() -> String {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| hash_password(&auth::hex(&auth::random_bytes::<16>())).unwrap_or_default())
+        .clone()
+}
+
+async fn login(State(st): St, headers: HeaderMap, req: Request) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    let ip = auth::client_ip(&parts);
+    let JsonBody(b): JsonBody<LoginBody> =
+        JsonBody::from_request(Request::from_parts(parts, body), &()).await?;
+    let email = b.email.trim().to_ascii_lowercase();
+    let keys = vec![format!("email:{email}"), format!("ip:{ip}")];
+    st.throttle_check(&keys)?;
+    let row = st
+        .db
+        .q("SELECT id, name, password_hash, platform_role, totp_secret, totp_enabled, totp_last_step FROM users WHERE email = ?")
+        .bind(email.clone())
+        .fetch_optional(&st.db.pool)
+        .await?;
+    let hash = match &row {
+        Some(r) => col::<String>(r, "password_hash")?,
+        None => tokio::task::spawn_blocking(dummy_hash)
+            .await
+            .unwrap_or_default(),
+    };
+    let pw = b.password.clone();
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&pw, &hash))
+        .await
+        .unwrap_or(false);
+    let Some(row) = row.filter(|_| ok) else {
+        st.throttle_fail(&keys);
+        tracing::info!(%email, %ip, "sign-in refused");
+        return Err(ApiError::new(
+            "bad_credentials",
+            "wrong e-mail or password / e-mail ou mot de passe incorrect",
+        ));
+    };
+    let user_id: i64 = col(&row, "id")?;
+    let platform_role: Option<String> = col(&row, "platform_role")?;
+    let totp_enabled = col::<i64>(&row, "totp_enabled")? != 0;
+    let now = st.clock.now();
+    if totp_enabled {
+        let Some(code) = b.totp.as_deref().filter(|c| !c.trim().is_empty()) else {
+            return Err(ApiError::new(
+                "totp_required",
+                "enter the 6-digit code from your authenticator app / saisissez le code à 6 chiffres",
+            ));
+        };
+        let secret: Option<String> = col(&row, "totp_secret")?;
+        let last: i64 = col(&row, "totp_last_step")?;
+        let step = secret
+            .as_deref()
+            .and_then(|s| auth::totp_verify(s, code, now, last as u64));
+        let Some(step) = step else {
+            st.throttle_fail(&keys);
+            return Err(ApiError::new(
+                "bad_totp",
+                "wrong or already used code / code erroné ou déjà utilisé",
+            ));
+        };
+        st.db
+            .q("UPDATE users SET totp_last_step = ? WHERE id = ?")
+            .bind(step as i64)
+            .bind(user_id)
+            .execute(&st.db.pool)
+            .await?;
+    }
+    st.throttle_clear(&keys);
+    let token = new_token("rss_");
+    let expires = millis(now) + SESSION_TTL.as_millis() as i64;
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    let actor = Actor {
+        who: Who::User {
+            id: user_id,
+            email: email.clone(),
+            platform_role: platform_role.clone(),
+            session_id: 0,
+            mfa: totp_enabled,
+        },
+        ip: ip.clone(),
+    };
+    {
+        let _w = st.writer.lock().await;
+        let mut tx = st.db.begin().await?;
+        st.db
+            .q("INSERT INTO sessions (token_hash, user_id, mfa, created_at, last_seen_at, expires_at, ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(sha256_hex(token.as_bytes()))
+            .bind(user_id)
+            .bind(totp_enabled as i64)
+            .bind(millis(now))
+            .bind(millis(now))
+            .bind(expires)
+            .bind(ip)
+            .bind(ua)
+            .execute(&mut *tx)
+            .await?;
+        audit::record(
+            &st.db,
+            &mut tx,
+            now,
+            &actor,
+            Change {
+                org_id: None,
+                action: "auth.login",
+                target: format!("user {email}"),
+                before: None,
+                after: Some(json!({"mfa": totp_enabled})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+    }
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
+        SESSION_TTL.as_secs()
+    );
+    let mut resp = Json(json!({
+        "token": token,
+        "expires_at": expires,
+        "user": {"id": user_id, "email": email, "platform_role": platform_role, "totp_enabled": totp_enabled},
+        "mfa_enrollment_required": platform_role.is_some() && !totp_enabled,
+    }))
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+fn session_id(actor: &Actor) -> ApiResult<i64> {
+    match actor.who {
+        Who::User { session_id, .. } => Ok(session_id),
+        Who::Token { .. } => Err(ApiError::forbidden("this with an API token")),
+    }
+}
+
+async fn logout(State(st): St, actor: Actor) -> ApiResult<Response> {
+    let sid = session_id(&actor)?;
+    st.db
+        .q("UPDATE sessions SET revoked_at = ? WHERE id = ?")
+        .bind(millis(st.clock.now()))
+        .bind(sid)
+        .execute(&st.db.pool)
+        .await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "relais_session=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
+        ),
+    );
+    Ok(resp)
+}
+
+async fn me(State(st): St, actor: Actor) -> ApiResult<Json<Value>> {
+    match &actor.who {
+        Who::User {
+            id,
+            email,
+            platform_role,
+            mfa,
+            ..
+        } => {
+            let rows = st
+                .db
+                .q("SELECT m.org_id, m.role, o.name, o.slug FROM memberships m JOIN orgs o ON o.id = m.org_id WHERE m.user_id = ? ORDER BY o.name")
+                .bind(*id)
+                .fetch_all(&st.db.pool)
+                .await?;
+            let u = st
+                .db
+                .q("SELECT name, totp_enabled FROM users WHERE id = ?")
+                .bind(*id)
+                .fetch_one(&st.db.pool)
+                .await?;
+            let memberships: Vec<Value> = rows
+                .iter()
+                .map(|r| {
+                    Ok(json!({
+                        "org_id": col::<i64>(r, "org_id")?,
+                        "org": col::<String>(r, "name")?,
+                        "slug": col::<String>(r, "slug")?,
+                        "role": col::<String>(r, "role")?,
+                    }))
+                })
+                .collect::<ApiResult<_>>()?;
+            Ok(Json(json!({
+                "kind": "user",
+                "id": id,
+                "email": email,
+                "name": col::<String>(&u, "name")?,
+                "platform_role": platform_role,
+                "totp_enabled": col::<i64>(&u, "totp_enabled")? != 0,
+                "session_mfa": mfa,
+                "memberships": memberships,
+            })))
+        }
+        Who::Token {
+            id,
+            org_id,
+            scope,
+            name,
+        } => Ok(Json(json!({
+            "kind": "token", "id": id, "org_id": org_id, "scope": scope, "name": name,
+        }))),
+    }
+}
+
+async fn sessions(State(st): St, actor: Actor) -> ApiResult<Json<Value>> {
+    let uid = actor.require_user()?;
+    let current = session_id(&actor)?;
+    let rows = st
+        .db
+        .q("SELECT id, created_at, last_seen_at, expires_at, ip, user_agent, revoked_at, mfa FROM sessions WHERE user_id = ? ORDER BY id DESC LIMIT 100")
+        .bind(uid)
+        .fetch_all(&st.db.pool)
+        .await?;
+    let now = millis(st.clock.now());
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let id: i64 = col(r, "id")?;
+            let revoked: Option<i64> = col(r, "revoked_at")?;
+            let expires: i64 = col(r, "expires_at")?;
+            Ok(json!({
+                "id": id,
+                "current": id == current,
+                "created_at": col::<i64>(r, "created_at")?,
+                "last_seen_at": col::<i64>(r, "last_seen_at")?,
+                "ip": col::<String>(r, "ip")?,
+                "user_agent": col::<String>(r, "user_agent")?,
+                "active": revoked.is_none() && expires > now,
+                "mfa": col::<i64>(r, "mfa")? != 0,
+            }))
+        })
+        .collect::<ApiResult<_>>()?;
+    Ok(Json(json!({ "sessions": list })))
+}
+
+async fn revoke_session(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+) -> ApiResult<StatusCode> {
+    let uid = actor.require_user()?;
+    let sid = id(&sid)?;
+    let _w = st.writer.lock().await;
+    let now = st.clock.now();
+    let mut tx = st.db.begin().await?;
+    let n = st
+        .db
+        .q("UPDATE sessions SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL")
+        .bind(millis(now))
+        .bind(sid)
+        .bind(uid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::not_found());
+    }
+    audit::record(
+        &st.db,
+        &mut tx,
+        now,
+        &actor,
+        Change {
+            org_id: None,
+            action: "session.revoke",
+            target: format!("session #{sid}"),
+            before: None,
+            after: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn totp_setup(State(st): St, actor: Actor) -> ApiResult<Json<Value>> {
+    let uid = actor.require_user()?;
+    let r = st
+        .db
+        .q("SELECT email, totp_enabled FROM users WHERE id = ?")
+        .bind(uid)
+        .fetch_one(&st.db.pool)
+        .await?;
+    if col::<i64>(&r, "totp_enabled")? != 0 {
+        return Err(ApiError::new(
+            "conflict",
+            "a second factor is already enabled",
+        ));
+    }
+    let secret = auth::base32(&auth::random_bytes::<20>());
+    st.db
+        .q("UPDATE users SET totp_secret = ? WHERE id = ?")
+        .bind(secret.clone())
+        .bind(uid)
+        .execute(&st.db.pool)
+        .await?;
+    let email: String = col(&r, "email")?;
+    Ok(Json(json!({
+        "secret": secret,
+        "otpauth_url": format!("otpauth://totp/Relais:{email}?secret={secret}&issuer=Relais&algorithm=SHA1&digits=6&period=30"),
+        "next": "POST /api/v1/auth/totp/confirm with {\"code\": \"123456\"}",
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    code: String,
+}
+
+async fn totp_confirm(
+    State(st): St,
+    actor: Actor,
+    JsonBody(b): JsonBody<CodeBody>,
+) -> ApiResult<Json<Value>> {
+    let uid = actor.require_user()?;
+    let sid = session_id(&actor)?;
+    let r = st
+        .db
+        .q("SELECT totp_secret, totp_enabled, totp_last_step FROM users WHERE id = ?")
+        .bind(uid)
+        .fetch_one(&st.db.pool)
+        .await?;
+    if col::<i64>(&r, "totp_enabled")? != 0 {
+        return Err(ApiError::new(
+            "conflict",
+            "a second factor is already enabled",
+        ));
+    }
+    let Some(secret) = col::<Option<String>>(&r, "totp_secret")? else {
+        return Err(ApiError::new(
+            "conflict",
+            "call /api/v1/auth/totp/setup first",
+        ));
+    };
+    let now = st.clock.now();
+    let last: i64 = col(&r, "totp_last_step")?;
+    let Some(step) = auth::totp_verify(&secret, &b.code, now, last as u64) else {
+        return Err(ApiError::new("bad_totp", "wrong code / code erroné"));
+    };
+    let _w = st.writer.lock().await;
+    let mut tx = st.db.begin().await?;
+    st.db
+        .q("UPDATE users SET totp_enabled = 1, totp_last_step = ? WHERE id = ?")
+        .bind(step as i64)
+        .bind(uid)
+        .execute(&mut *tx)
+        .await?;
+    st.db
+        .q("UPDATE sessions SET mfa = 1 WHERE id = ?")
+        .bind(sid)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &st.db,
+        &mut tx,
+        now,
+        &actor,
+        Change {
+            org_id: None,
+            action: "totp.enable",
+            target: format!("user {}", actor.label()),
+            before: None,
+            after: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({"totp_enabled": true})))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Organisations, members, tokens
+// ---------------------------------------------------------------------------------------------
+
+async fn org_json(st: &Control, org_id: i64) -> ApiResult<Value> {
+    let r = st
+        .db
+        .q("SELECT id, parent_id, slug, name, created_at FROM orgs WHERE id = ?")
+        .bind(org_id)
+        .fetch_optional(&st.db.pool)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json!({
+        "id": col::<i64>(&r, "id")?,
+        "parent_id": col::<Option<i64>>(&r, "parent_id")?,
+        "slug": col::<String>(&r, "slug")?,
+        "name": col::<String>(&r, "name")?,
+        "created_at": col::<i64>(&r, "created_at")?,
+    }))
+}
+
+async fn list_orgs(State(st): St, actor: Actor) -> ApiResult<Json<Value>> {
+    let ids = st.visible_orgs(&actor).await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for i in ids {
+        out.push(org_json(&st, i).await?);
+    }
+    Ok(Json(json!({ "orgs": out })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgBody {
+    slug: String,
+    name: String,
+    #[serde(default)]
+    parent_id: Option<i64>,
+}
+
+async fn create_org(
+    State(st): St,
+    actor: Actor,
+    JsonBody(b): JsonBody<OrgBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    match b.parent_id {
+        Some(p) => st.check(&actor, p, Perm::Admin).await?,
+        None if actor.is_staff() => {}
+        None => return Err(ApiError::forbidden("creating a top-level organisation")),
+    }
+    let slug = b.slug.trim().to_ascii_lowercase();
+    if !(2..=63).contains(&slug.len())
+        || !slug
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    {
+        return Err(ApiError::invalid("slug", "2 to 63 of a-z, 0-9 and '-'"));
+    }
+    let name = b.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::invalid("name", "1 to 200 characters"));
+    }
+    let _w = st.writer.lock().await;
+    let now = st.clock.now();
+    let mut tx = st.db.begin().await?;
+    let r = st
+        .db
+        .q("INSERT INTO orgs (parent_id, slug, name, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (slug) DO NOTHING RETURNING id")
+        .bind(b.parent_id)
+        .bind(slug.clone())
+        .bind(name.clone())
+        .bind(millis(now))
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ApiError::new("conflict", format!("the slug {slug:?} is taken")))?;
+    let oid: i64 = col(&r, "id")?;
+    audit::record(
+        &st.db,
+        &mut tx,
+        now,
+        &actor,
+        Change {
+            org_id: Some(oid),
+            action: "org.create",
+            target: format!("org {slug} (#{oid})"),
+            before: None,
+            after: Some(json!({"slug": slug, "name": name, "parent_id": b.parent_id})),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(org_json(&st, oid).await?)))
+}
+
+async fn get_org(State(st): St, actor: Actor, Path(oid): Path<String>) -> ApiResult<Json<Value>> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Read).await?;
+    Ok(Json(org_json(&st, oid).await?))
+}
+
+async fn list_members(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Admin).await?;
+    let rows = st
+        .db
+        .q("SELECT u.id, u.email, u.name, u.totp_enabled, m.role FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = ? ORDER BY u.email")
+        .bind(oid)
+        .fetch_all(&st.db.pool)
+        .await?;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "user_id": col::<i64>(r, "id")?,
+                "email": col::<String>(r, "email")?,
+                "name": col::<String>(r, "name")?,
+                "role": col::<String>(r, "role")?,
+                "totp_enabled": col::<i64>(r, "totp_enabled")? != 0,
+            }))
+        })
+        .collect::<ApiResult<_>>()?;
+    Ok(Json(json!({ "members": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    email: String,
+    role: String,
+    /// For a person without an account yet.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+async fn set_member(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    JsonBody(b): JsonBody<MemberBody>,
+) -> ApiResult<Json<Value>> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Admin).await?;
+    actor.require_user()?;
+    if !ROLES.contains(&b.role.as_str()) {
+        return Err(ApiError::invalid("role", "one of admin, editor, viewer"));
+    }
+    let email = b.email.trim().to_ascii_lowercase();
+    if !email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace) {
+        return Err(ApiError::invalid("email", "an e-mail address"));
+    }
+    let existing = st
+        .db
+        .q("SELECT id FROM users WHERE email = ?")
+        .bind(email.clone())
+        .fetch_optional(&st.db.pool)
+        .await?;
+    let new_hash = if existing.is_none() {
+        let pw = b.password.clone().ok_or_else(|| {
+            ApiError::invalid("password", "required for a person without an account")
+        })?;
+        auth::check_password_policy(&pw)?;
+        Some(
+            tokio::task::spawn_blocking(move || hash_password(&pw))
+                .await
+                .map_err(|_| ApiError::new("internal", "internal error"))??,
+        )
+    } else {
+        None
+    };
+    let _w = st.writer.lock().await;
+    let now = st.clock.now();
+    let mut tx = st.db.begin().await?;
+    let uid: i64 = match (existing, new_hash) {
+        (Some(r), _) => col(&r, "id")?,
+        (None, Some(h)) => {
+            let name = b.name.clone().unwrap_or_else(|| email.clone());
+            let r = st
+                .db
+                .q("INSERT INTO users (email, name, password_hash, created_at) VALUES (?, ?, ?, ?) RETURNING id")
+                .bind(email.clone())
+                .bind(name)
+                .bind(h)
+                .bind(millis(now))
+                .fetch_one(&mut *tx)
+                .await?;
+            col(&r, "id")?
+        }
+        (None, None) => return Err(ApiError::new("internal", "internal error")),
+    };
+    let before = st
+        .db
+        .q("SELECT role FROM memberships WHERE user_id = ? AND org_id = ?")
+        .bind(uid)
+        .bind(oid)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| col::<String>(&r, "role"))
+        .transpose()?;
+    st.db
+        .q("INSERT INTO memberships (user_id, org_id, role) VALUES (?, ?, ?) ON CONFLICT (user_id, org_id) DO UPDATE SET role = excluded.role")
+        .bind(uid)
+        .bind(oid)
+        .bind(b.role.clone())
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &st.db,
+        &mut tx,
+        now,
+        &actor,
+        Change {
+            org_id: Some(oid),
+            action: "member.set",
+            target: format!("user {email} in org #{oid}"),
+            before: before.map(|r| json!({"role": r})),
+            after: Some(json!({"role": b.role})),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({"user_id": uid, "email": email, "role": b.role}),
+    ))
+}
+
+async fn remove_member(
+    State(st): St,
+    actor: Actor,
+    Path((oid, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let oid = id(&oid)?;
+    let uid = id(&user)?;
+    st.check(&actor, oid, Perm::Admin).await?;
+    let _w = st.writer.lock().await;
+    let now = st.clock.now();
+    let mut tx = st.db.begin().await?;
+    let r = st
+        .db
+        .q("DELETE FROM memberships WHERE user_id = ? AND org_id = ? RETURNING role")
+        .bind(uid)
+        .bind(oid)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    audit::record(
+        &st.db,
+        &mut tx,
+        now,
+        &actor,
+        Change {
+            org_id: Some(oid),
+            action: "member.remove",
+            target: format!("user #{uid} in org #{oid}"),
+            before: Some(json!({"role": col::<String>(&r, "role")?})),
+            after: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_tokens(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Admin).await?;
+    let rows = st
+        .db
+        .q("SELECT id, name, scope, prefix, created_by, created_at, expires_at, revoked_at, last_used_at FROM api_tokens WHERE org_id = ? ORDER BY id")
+        .bind(oid)
+        .fetch_all(&st.db.pool)
+        .await?;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "id": col::<i64>(r, "id")?,
+                "name": col::<String>(r, "name")?,
+                "scope": col::<String>(r, "scope")?,
+                "prefix": col::<String>(r, "prefix")?,
+                "created_by": col::<String>(r, "created_by")?,
+                "created_at": col::<i64>(r, "created_at")?,
+                "expires_at": col::<Option<i64>>(r, "expires_at")?,
+                "revoked_at": col::<Option<i64>>(r, "revoked_at")?,
+                "last_used_at": col::<Option<i64>>(r, "last_used_at")?,
+            }))
+        })
+        .collect::<ApiResult<_>>()?;
+    Ok(Json(json!({ "tokens": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+    scope: String,
+    #[serde(default)]
+    expires_in_days: Option<u32>,
+}
+
+async fn create_token(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    JsonBody(b): JsonBody<TokenBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Admin).await?;
+    actor.require_user()?;
+    if !SCOPES.contains(&b.scope.as_str()) {
+        return Err(ApiError::invalid("scope", "one of read, purge, config"));
+    }
+    let name = b.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::invalid("name", "1 to 100 characters"));
+    }
+    if b.expires_in_days.is_some_and(|d| d == 0 || d > 3660) {
+        return Err(ApiError::invalid("expires_in_days", "1 to 3660"));
+    }
+    let token = new_token("rls_");
+    let now = st.clock.now();
+    let expires = b
+        .expires_in_days
+        .map(|d| millis(now) + d as i64 * 86_400_000);
+    let _w = st.writer.lock().await;
+    let mut tx = st.db.begin().await?;
+    let r = st
+        .db
+        .q("INSERT INTO api_tokens (org_id, name, scope, token_hash, prefix, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
+        .bind(oid)
+        .bind(name.clone())
+        .bind(b.scope.clone())
+        .bind(sha256_hex(token.as_bytes()))
+        .bind(token[..12].to_owned())
+        .bind(actor.label())
+        .bind(millis(now))
+        .bind(expires)
+        .fetch_one(&mut *tx)
+        .await?;
+    let tid: i64 = col(&r, "id")?;
+    audit::record(
+        &st.db,
+        &mut tx,
+        now,
+        &actor,
+        Change {
+            org_id: Some(oid),
+            action: "token.create",
+            target: format!("token {name} (#{tid})"),
+            before: None,
+            after: Some(json!({"name": name, "scope": b.scope, "expires_at": expires})),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": tid, "name": name, "scope": b.scope, "expires_at": expires,
+            "token": token,
+            "note": "shown once: store it now / affiché une seule fois : conservez-le",
+        })),
+    ))
+}
+
+async fn revoke_token(
+    State(st): St,
+    actor: Actor,
+    Path((oid, tid)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let oid = id(&oid)?;
+    let tid = id(&tid)?;
+    st.check(&actor, oid, Perm::Admin).await?;
+    let _w = st.writer.lock().await;
+    let now = st.clock.now();
+    let mut tx = st.db.begin().await?;
+    let n = st
+        .db
+        .q("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND org_id = ? AND revoked_at IS NULL")
+        .bind(millis(now))
+        .bind(tid)
+        .bind(oid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::not_found());
+    }
+    audit::record(
+        &st.db,
+        &mut tx,
+        now,
+        &actor,
+        Change {
+            org_id: Some(oid),
+            action: "token.revoke",
+            target: format!("token #{tid}"),
+            before: None,
+            after: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sites
+// ---------------------------------------------------------------------------------------------
+
+/// Loads a site the caller may act on (404 when it may not even read it).
+async fn site_for(st: &Control, actor: &Actor, sid: &str, p: Perm) -> ApiResult<SiteRow> {
+    let sid = id(sid)?;
+    let site = st.site_row(sid).await?;
+    st.check(actor, site.org_id, p).await?;
+    Ok(site)
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn list_sites(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    Query(p): Query<Page>,
+) -> ApiResult<Json<Value>> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Read).await?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = st
+        .db
+        .q("SELECT id, name, draft, published_version, draft_updated_at FROM sites WHERE org_id = ? AND deleted_at IS NULL AND id > ? ORDER BY id LIMIT ?")
+        .bind(oid)
+        .bind(p.after.unwrap_or(0))
+        .bind(limit)
+        .fetch_all(&st.db.pool)
+        .await?;
+    let mut list = vec![];
+    let mut last = None;
+    for r in &rows {
+        let sid: i64 = col(r, "id")?;
+        last = Some(sid);
+        let draft: String = col(r, "draft")?;
+        let d: Value = serde_json::from_str(&draft).unwrap_or(Value::Null);
+        list.push(json!({
+            "id": sid,
+            "name": col::<String>(r, "name")?,
+            "hosts": d.get("hosts"),
+            "mode": d.get("mode").cloned().unwrap_or(json!("active")),
+            "published_version": col::<Option<i64>>(r, "published_version")?,
+            "draft_updated_at": col::<i64>(r, "draft_updated_at")?,
+        }));
+    }
+    let next = if rows.len() as i64 == limit {
+        last
+    } else {
+        None
+    };
+    Ok(Json(json!({ "sites": list, "next_after": next })))
+}
+
+async fn create_site(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    JsonBody(b): JsonBody<Value>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Config).await?;
+    let site = st.create_site(&actor, oid, b).await?;
+    Ok((StatusCode::CREATED, Json(st.site_json(&site).await?)))
+}
+
+async fn get_site(State(st): St, actor: Actor, Path(sid): Path<String>) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    Ok(Json(st.site_json(&site).await?))
+}
+
+async fn delete_site(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+) -> ApiResult<StatusCode> {
+    let site = site_for(&st, &actor, &sid, Perm::Config).await?;
+    st.delete_site(&actor, &site).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_draft(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    JsonBody(b): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Config).await?;
+    let site = st.put_draft(&actor, &site, b).await?;
+    Ok(Json(st.site_json(&site).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertBody {
+    cert_pem: String,
+    key_pem: String,
+}
+
+async fn put_certificate(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    JsonBody(b): JsonBody<CertBody>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Config).await?;
+    let mut doc = site.draft.clone();
+    doc.tls = Some(FileTls {
+        cert: None,
+        key: None,
+        cert_pem: Some(b.cert_pem),
+        key_pem: Some(b.key_pem),
+    });
+    // The pair is checked by the edge's own loader before it is stored.
+    let check = relais_edge::config::Config::for_follower(relais_edge::config::FileConfig {
+        version: Some(relais_edge::config::CONFIG_VERSION),
+        edge: relais_edge::config::FileEdge {
+            listen: vec!["127.0.0.1:0".into()],
+            ..Default::default()
+        },
+        cache: Default::default(),
+        sites: vec![doc.clone()],
+    })
+    .map_err(|e| ApiError::invalid("certificate", e.to_string()))?;
+    relais_edge::tls::load_site_certs(&check).map_err(|e| ApiError::invalid("certificate", e))?;
+    let body = serde_json::to_value(&doc).unwrap_or(Value::Null);
+    let site = st.put_draft(&actor, &site, body).await?;
+    Ok(Json(st.site_json(&site).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn publish(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Config).await?;
+    let b: PublishBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PublishBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new("bad_request", format!("invalid JSON: {e}")))?
+    };
+    let comment = b.comment.unwrap_or_default().chars().take(500).collect();
+    let v = st.publish(&actor, &site, comment).await?;
+    let site = st.site_row(site.id).await?;
+    Ok(Json(
+        json!({"version": v, "site": st.site_json(&site).await?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    version: i64,
+}
+
+async fn rollback(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    JsonBody(b): JsonBody<RollbackBody>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Config).await?;
+    let v = st.rollback(&actor, &site, b.version).await?;
+    let site = st.site_row(site.id).await?;
+    Ok(Json(
+        json!({"version": v, "site": st.site_json(&site).await?}),
+    ))
+}
+
+async fn versions(State(st): St, actor: Actor, Path(sid): Path<String>) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    Ok(Json(json!({
+        "published_version": site.published_version,
+        "versions": st.versions(site.id).await?,
+    })))
+}
+
+async fn version(
+    State(st): St,
+    actor: Actor,
+    Path((sid, v)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    let doc = st.doc_ref(&site, &v).await?;
+    Ok(Json(json!({
+        "version": v,
+        "doc": sites::redact(&doc),
+        "toml": sites::to_toml(&doc),
+    })))
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    from: String,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+async fn diff(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    let to = q.to.unwrap_or_else(|| "draft".into());
+    let a = st.doc_ref(&site, &q.from).await?;
+    let b = st.doc_ref(&site, &to).await?;
+    let d = sites::diff_lines(&sites::to_toml(&a), &sites::to_toml(&b));
+    Ok(Json(json!({
+        "from": q.from, "to": to,
+        "changed": d.lines().any(|l| !l.starts_with("  ")),
+        "diff": d,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeBody {
+    mode: String,
+}
+
+async fn set_mode(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    JsonBody(b): JsonBody<ModeBody>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Config).await?;
+    if relais_edge::config::Mode::parse(&b.mode).is_none() {
+        return Err(ApiError::invalid(
+            "mode",
+            "one of active, bypass, maintenance, disabled",
+        ));
+    }
+    let mode = b.mode.clone();
+    let v = st
+        .publish_change(
+            &actor,
+            &site,
+            "site.mode",
+            format!("mode → {mode}"),
+            |d| d.mode = Some(mode.clone()),
+        )
+        .await?;
+    let site = st.site_row(site.id).await?;
+    Ok(Json(
+        json!({"version": v, "site": st.site_json(&site).await?}),
+    ))
+}
+
+async fn set_schedules(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    JsonBody(b): JsonBody<Vec<FileSchedule>>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Config).await?;
+    let v = st
+        .publish_change(
+            &actor,
+            &site,
+            "site.schedules",
+            format!("{} schedule(s)", b.len()),
+            |d| d.schedules = b.clone(),
+        )
+        .await?;
+    let site = st.site_row(site.id).await?;
+    Ok(Json(
+        json!({"version": v, "site": st.site_json(&site).await?}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ExplainQuery {
+    url: String,
+    #[serde(default)]
+    content_type: Option<String>,
+    /// `draft` (default), `published` or a version number.
+    #[serde(default)]
+    version: Option<String>,
+}
+
+async fn explain(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    Query(q): Query<ExplainQuery>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    let doc = st
+        .doc_ref(&site, q.version.as_deref().unwrap_or("draft"))
+        .await?;
+    let path = match q.url.parse::<http::Uri>() {
+        Ok(u) if u.host().is_some() => u.path().to_owned(),
+        _ => q.url.split('?').next().unwrap_or("/").to_owned(),
+    };
+    if !path.starts_with('/') {
+        return Err(ApiError::invalid("url", "a path (/news/) or a full URL"));
+    }
+    Ok(Json(sites::explain_json(
+        &doc,
+        &path,
+        q.content_type.as_deref().filter(|c| !c.is_empty()),
+    )?))
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    /// Wait up to this many milliseconds (at most 10 000) for every edge to apply the purge.
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+async fn purge(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    Query(w): Query<WaitQuery>,
+    JsonBody(b): JsonBody<PurgeRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let site = site_for(&st, &actor, &sid, Perm::Purge).await?;
+    let mut acks = st.acks.subscribe();
+    let seq = st.purge(&actor, &site, b).await?;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(w.wait_ms.unwrap_or(0).min(10_000));
+    loop {
+        let (_, r) = st.receipt(seq).await?;
+        let complete = r["complete"].as_bool().unwrap_or(false);
+        if complete || tokio::time::Instant::now() >= deadline {
+            return Ok((StatusCode::ACCEPTED, Json(r)));
+        }
+        let _ = tokio::time::timeout_at(deadline, acks.changed()).await;
+    }
+}
+
+async fn site_purges(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    Ok(Json(json!({"purges": st.site_purges(site.id, 50).await?})))
+}
+
+async fn receipt(State(st): St, actor: Actor, Path(pid): Path<String>) -> ApiResult<Json<Value>> {
+    let (org, r) = st.receipt(id(&pid)?).await?;
+    st.check(&actor, org, Perm::Read).await?;
+    Ok(Json(r))
+}
+
+#[derive(Deserialize)]
+struct FormatQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn definition(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    Query(q): Query<FormatQuery>,
+) -> ApiResult<Response> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    let md = crate::definition::markdown(&st, &site).await?;
+    Ok(match q.format.as_deref() {
+        Some("html") => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::definition::html(&md),
+        )
+            .into_response(),
+        None | Some("md") | Some("markdown") => {
+            ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], md).into_response()
+        }
+        Some(_) => return Err(ApiError::invalid("format", "md or html")),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    action: Option<String>,
+    /// `json` (default), `jsonl` or `csv`.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+fn audit_response(entries: Vec<audit::Entry>, format: Option<&str>) -> ApiResult<Response> {
+    Ok(match format {
+        None | Some("json") => Json(json!({
+            "entries": entries,
+            "next_after": entries.last().map(|e| e.seq),
+        }))
+        .into_response(),
+        Some("jsonl") => {
+            let mut out = String::new();
+            for e in &entries {
+                out.push_str(&serde_json::to_string(e).unwrap_or_default());
+                out.push('\n');
+            }
+            (
+                [
+                    (header::CONTENT_TYPE, "application/x-ndjson"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"audit.jsonl\"",
+                    ),
+                ],
+                out,
+            )
+                .into_response()
+        }
+        Some("csv") => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"audit.csv\"",
+                ),
+            ],
+            audit::to_csv(&entries),
+        )
+            .into_response(),
+        Some(_) => return Err(ApiError::invalid("format", "json, jsonl or csv")),
+    })
+}
+
+async fn org_audit(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Response> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Admin).await?;
+    // The organisation and those below it.
+    let visible = st.visible_orgs(&actor).await?;
+    let mut orgs = vec![];
+    for o in visible {
+        if st.org_chain(o).await?.contains(&oid) {
+            orgs.push(o);
+        }
+    }
+    let entries = audit::list(
+        &st.db,
+        Some(&orgs),
+        q.after.unwrap_or(0),
+        q.limit.unwrap_or(1000).clamp(1, 100_000),
+        q.action.as_deref(),
+    )
+    .await?;
+    audit_response(entries, q.format.as_deref())
+}
+
+async fn all_audit(
+    State(st): St,
+    actor: Actor,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Response> {
+    if !actor.is_staff() {
+        return Err(ApiError::forbidden("reading the whole platform's journal"));
+    }
+    let entries = audit::list(
+        &st.db,
+        None,
+        q.after.unwrap_or(0),
+        q.limit.unwrap_or(1000).clamp(1, 100_000),
+        q.action.as_deref(),
+    )
+    .await?;
+    audit_response(entries, q.format.as_deref())
+}
+
+async fn audit_verify(State(st): St, actor: Actor) -> ApiResult<Json<audit::Verification>> {
+    if !actor.is_staff() {
+        return Err(ApiError::forbidden("verifying the journal"));
+    }
+    Ok(Json(audit::verify(&st.db).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Edges
+// ---------------------------------------------------------------------------------------------
+
+async fn list_edges(State(st): St, actor: Actor) -> ApiResult<Json<Value>> {
+    if !actor.is_staff() {
+        return Err(ApiError::forbidden("listing edges"));
+    }
+    Ok(Json(json!({"edges": st.edges_json().await?})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgeBody {
+    name: String,
+}
+
+async fn create_edge(
+    State(st): St,
+    actor: Actor,
+    JsonBody(b): JsonBody<EdgeBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !actor.is_platform_admin() {
+        return Err(ApiError::forbidden("registering edges"));
+    }
+    let (eid, token) = st.create_edge(&actor, &b.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": eid, "name": b.name, "token": token,
+            "note": "shown once: start the edge with --control-token"})),
+    ))
+}
+
+fn edge_secret(headers: &HeaderMap) -> ApiResult<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|s| s.trim().to_owned())
+        .ok_or_else(ApiError::unauthenticated)
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    #[serde(default)]
+    config_seq: i64,
+    #[serde(default)]
+    purge_seq: i64,
+}
+
+async fn edge_stream(
+    State(st): St,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> ApiResult<Response> {
+    let edge = st.edge_by_token(&edge_secret(&headers)?).await?;
+    let body = Body::from_stream(st.stream(edge, q.config_seq, q.purge_seq));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn edge_ack(
+    State(st): St,
+    headers: HeaderMap,
+    JsonBody(ack): JsonBody<Ack>,
+) -> ApiResult<StatusCode> {
+    let edge = st.edge_by_token(&edge_secret(&headers)?).await?;
+    st.ack(&edge, &ack).await?;
+    st.acks.send_modify(|n| *n += 1);
+    Ok(StatusCode::NO_CONTENT)
+}

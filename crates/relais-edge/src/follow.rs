@@ -1,0 +1,411 @@
+//! An edge that follows a control plane (`relais edge --control URL`).
+//!
+//! Invariants:
+//! - The edge keeps serving its last good configuration when the control plane is away or sends
+//!   something invalid; that configuration is kept on disk (`snapshot.json`) so a restart
+//!   without the control plane serves it too.
+//! - Purges are applied in sequence order; the sequence reached is written to disk
+//!   (`purge_seq`) before it is acknowledged, and the stream resumes from it, so no
+//!   acknowledged purge is skipped.
+//! - The edge vouches for its cache only while it hears from the control plane (a ping within
+//!   the lease) and has applied every purge up to the head the ping announced. Otherwise stored
+//!   objects are revalidated before use ([`Edge::set_vouched`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+
+use crate::Edge;
+use crate::config::{Config, ConfigError, FileConfig};
+use crate::proto::{Ack, EdgeState, Message, PurgeMsg, sites_for};
+
+/// Longest line accepted from the control plane (a full snapshot of many sites).
+const MAX_LINE: usize = 256 << 20;
+
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    /// Base URL of the control plane, e.g. `http://127.0.0.1:8090`.
+    pub control: String,
+    /// This edge's token (created with `POST /api/v1/edges`).
+    pub token: String,
+    /// Where the last good snapshot and the purge sequence are kept.
+    pub state_dir: PathBuf,
+    /// Edge and cache settings (its `[[site]]` list is ignored: sites come from the control
+    /// plane).
+    pub base: FileConfig,
+    /// How long the edge vouches for its cache without hearing from the control plane.
+    pub lease: Duration,
+    /// Addresses reported to the control plane.
+    pub listen: Vec<String>,
+}
+
+/// Builds the configuration an edge serves for a state.
+pub fn build_config(base: &FileConfig, state: &EdgeState) -> Result<Config, ConfigError> {
+    let mut file = base.clone();
+    file.sites = sites_for(state);
+    Config::for_follower(file)
+}
+
+/// Reads the state kept on disk (empty when there is none or it cannot be read).
+pub fn load_state(dir: &Path) -> (EdgeState, u64) {
+    let state = std::fs::read(dir.join("snapshot.json"))
+        .ok()
+        .and_then(|b| match serde_json::from_slice(&b) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "stored snapshot unreadable, starting empty");
+                None
+            }
+        })
+        .unwrap_or_default();
+    let seq = std::fs::read_to_string(dir.join("purge_seq"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    (state, seq)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+struct Follower {
+    edge: Arc<Edge>,
+    opts: FollowOptions,
+    client: HttpsClient,
+    /// What the control plane last sent (may be invalid).
+    received: Mutex<EdgeState>,
+    good_seq: AtomicU64,
+    purge_seq: AtomicU64,
+    connected: AtomicBool,
+    /// When the last ping arrived and the purge head it announced.
+    last_ping: Mutex<Option<(Instant, u64)>>,
+    ack: watch::Sender<Ack>,
+}
+
+/// Running follower tasks; stopped on drop.
+pub struct FollowHandle {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FollowHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts following. The edge should have been created from [`load_state`] +
+/// [`build_config`]; it is marked unvouched until it has caught up.
+pub fn spawn(edge: Arc<Edge>, opts: FollowOptions) -> Result<FollowHandle, String> {
+    std::fs::create_dir_all(&opts.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", opts.state_dir.display()))?;
+    let (state, purge_seq) = load_state(&opts.state_dir);
+    edge.set_vouched(false);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let client = Client::builder(TokioExecutor::new()).build(https);
+    let (ack, ack_rx) = watch::channel(Ack {
+        config_seq: state.config_seq,
+        purge_seq,
+        config_error: None,
+        vouched: false,
+        listen: opts.listen.clone(),
+    });
+    let f = Arc::new(Follower {
+        edge,
+        good_seq: AtomicU64::new(state.config_seq),
+        received: Mutex::new(state),
+        purge_seq: AtomicU64::new(purge_seq),
+        connected: AtomicBool::new(false),
+        last_ping: Mutex::new(None),
+        ack,
+        client,
+        opts,
+    });
+    let tasks = vec![
+        tokio::spawn(f.clone().run()),
+        tokio::spawn(f.clone().send_acks(ack_rx)),
+        tokio::spawn(f.watchdog()),
+    ];
+    Ok(FollowHandle { tasks })
+}
+
+impl Follower {
+    async fn run(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.session().await {
+                Ok(()) => tracing::warn!("control plane closed the stream"),
+                Err(e) => tracing::warn!(error = %e, "control plane unreachable"),
+            }
+            if self.connected.swap(false, Ordering::SeqCst) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn session(&self) -> Result<(), String> {
+        let uri = format!(
+            "{}/edge/v1/stream?config_seq={}&purge_seq={}",
+            self.opts.control.trim_end_matches('/'),
+            self.good_seq.load(Ordering::SeqCst),
+            self.purge_seq.load(Ordering::SeqCst)
+        );
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{uri}: {e}"))?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("{uri}: status {}", resp.status()));
+        }
+        self.connected.store(true, Ordering::SeqCst);
+        tracing::info!(control = %self.opts.control, "following the control plane");
+        let mut body = resp.into_body();
+        let mut buf = BytesMut::new();
+        let silence = self.opts.lease.max(Duration::from_secs(3));
+        loop {
+            let frame = match tokio::time::timeout(silence, body.frame()).await {
+                Err(_) => return Err("no news from the control plane".into()),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            let mut purged = false;
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line = buf.split_to(pos + 1);
+                let line = &line[..pos];
+                if line.is_empty() {
+                    continue;
+                }
+                match serde_json::from_slice::<Message>(line) {
+                    Ok(m) => purged |= self.handle(m),
+                    Err(e) => return Err(format!("bad message from control plane: {e}")),
+                }
+            }
+            if buf.len() > MAX_LINE {
+                return Err("message from control plane too long".into());
+            }
+            if buf.is_empty() {
+                buf = BytesMut::new();
+            } else if buf.capacity() > 4 * buf.len() + 4096 {
+                let rest = buf.copy_to_bytes(buf.len());
+                buf = BytesMut::from(&rest[..]);
+            }
+            if purged {
+                let seq = self.purge_seq.load(Ordering::SeqCst);
+                if let Err(e) = write_atomic(
+                    &self.opts.state_dir.join("purge_seq"),
+                    seq.to_string().as_bytes(),
+                ) {
+                    tracing::error!(error = %e, "cannot record purge progress");
+                }
+                self.ack.send_modify(|a| a.purge_seq = seq);
+            }
+        }
+    }
+
+    /// Handles one message; true if purges were applied.
+    fn handle(&self, m: Message) -> bool {
+        match m {
+            Message::Snapshot {
+                config_seq,
+                staging_domain,
+                sites,
+            } => {
+                self.update(|s| {
+                    *s = EdgeState {
+                        config_seq,
+                        staging_domain,
+                        sites,
+                    }
+                });
+                false
+            }
+            Message::Site {
+                config_seq,
+                name,
+                entry,
+            } => {
+                self.update(|s| {
+                    s.config_seq = config_seq;
+                    match entry {
+                        Some(e) => {
+                            s.sites.insert(name, *e);
+                        }
+                        None => {
+                            s.sites.remove(&name);
+                        }
+                    }
+                });
+                false
+            }
+            Message::Purge(p) => {
+                self.purge(&p);
+                true
+            }
+            Message::Ping {
+                config_seq: _,
+                purge_seq,
+            } => {
+                if let Ok(mut l) = self.last_ping.lock() {
+                    *l = Some((Instant::now(), purge_seq));
+                }
+                self.check_vouched();
+                false
+            }
+        }
+    }
+
+    fn purge(&self, p: &PurgeMsg) {
+        let cur = self.purge_seq.load(Ordering::SeqCst);
+        if p.seq <= cur {
+            return;
+        }
+        let values: Vec<&str> = if p.kind == "all" {
+            vec![""]
+        } else {
+            p.values.iter().map(String::as_str).collect()
+        };
+        let mut n = 0;
+        for v in values {
+            match self.edge.purge_described(&p.site, &p.kind, v, p.soft) {
+                Ok(k) => n += k,
+                Err(e) => tracing::warn!(seq = p.seq, error = %e, "purge refused"),
+            }
+        }
+        tracing::debug!(seq = p.seq, site = %p.site, objects = n, "purge applied");
+        self.purge_seq.store(p.seq, Ordering::SeqCst);
+    }
+
+    fn update(&self, f: impl FnOnce(&mut EdgeState)) {
+        let Ok(mut state) = self.received.lock() else {
+            return;
+        };
+        f(&mut state);
+        let seq = state.config_seq;
+        let res = build_config(&self.opts.base, &state).map_err(|e| e.to_string());
+        match self.edge.reload(res) {
+            Ok(_) => {
+                self.good_seq.store(seq, Ordering::SeqCst);
+                match serde_json::to_vec(&*state) {
+                    Ok(b) => {
+                        if let Err(e) = write_atomic(&self.opts.state_dir.join("snapshot.json"), &b)
+                        {
+                            tracing::error!(error = %e, "cannot keep the snapshot on disk");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot encode the snapshot"),
+                }
+                self.ack.send_modify(|a| {
+                    a.config_seq = seq;
+                    a.config_error = None;
+                });
+            }
+            Err(e) => {
+                self.ack.send_modify(|a| a.config_error = Some(e));
+            }
+        }
+    }
+
+    fn check_vouched(&self) {
+        let ping = self.last_ping.lock().ok().and_then(|l| *l);
+        let v = self.connected.load(Ordering::SeqCst)
+            && ping.is_some_and(|(at, head)| {
+                at.elapsed() < self.opts.lease && self.purge_seq.load(Ordering::SeqCst) >= head
+            });
+        self.edge.set_vouched(v);
+        self.ack.send_if_modified(|a| {
+            let changed = a.vouched != v;
+            a.vouched = v;
+            changed
+        });
+    }
+
+    async fn watchdog(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            self.check_vouched();
+        }
+    }
+
+    async fn send_acks(self: Arc<Self>, mut rx: watch::Receiver<Ack>) {
+        let uri = format!("{}/edge/v1/ack", self.opts.control.trim_end_matches('/'));
+        loop {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            loop {
+                let ack = rx.borrow_and_update().clone();
+                let Ok(body) = serde_json::to_vec(&ack) else {
+                    break;
+                };
+                let req = Request::builder()
+                    .method(Method::POST)
+                    .uri(&uri)
+                    .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)));
+                let ok = match req {
+                    Ok(req) => match self.client.request(req).await {
+                        Ok(r) => {
+                            let ok = r.status().is_success();
+                            let _ = r.into_body().collect().await;
+                            ok
+                        }
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                };
+                if ok {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
