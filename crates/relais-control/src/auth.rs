@@ -24,7 +24,9 @@ use crate::error::{ApiError, ApiResult};
 pub const SESSION_COOKIE: &str = "relais_session";
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Failures allowed per account, and per client address (offices share addresses).
 const THROTTLE_MAX: u32 = 5;
+const THROTTLE_MAX_IP: u32 = 50;
 
 // -------------------------------------------------------------------------------------------
 // Primitives
@@ -395,7 +397,12 @@ impl Control {
         for k in keys {
             if let Some((n, first)) = t.get(k) {
                 let age = now.duration_since(*first).unwrap_or_default();
-                if *n >= THROTTLE_MAX && age < THROTTLE_WINDOW {
+                let max = if k.starts_with("ip:") {
+                    THROTTLE_MAX_IP
+                } else {
+                    THROTTLE_MAX
+                };
+                if *n >= max && age < THROTTLE_WINDOW {
                     let mut e = ApiError::new(
                         "too_many_attempts",
                         "too many failed sign-ins; try again later / trop d'échecs de connexion, réessayez plus tard",

@@ -1,0 +1,1337 @@
+//! The control plane for real: its HTTP API on 127.0.0.1 port 0, on SQLite and on PostgreSQL
+//! (every test runs on both; `scripts/test` starts PostgreSQL), with real edges following it.
+//! Time moves through a manual clock; readiness is awaited, never slept on.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use relais_control::auth::{base32_decode, totp_code, totp_step};
+use relais_control::{Control, ControlOptions};
+use relais_edge::clock::{Clock, ManualClock, SystemClock};
+use relais_edge::config::{FileCache, FileConfig, FileEdge};
+use relais_edge::follow::{self, FollowHandle, FollowOptions};
+use relais_edge::{Edge, EdgeOptions};
+use relais_testkit::{Origin, Reply};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Kind::Postgres).await
+            }
+        }
+    };
+}
+
+static DBS: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh database URL, or `None` when PostgreSQL is not configured (allowed only when
+/// `RELAIS_REQUIRE_POSTGRES` is unset: `scripts/test` sets it).
+async fn database(kind: Kind, dir: &Path) -> Option<String> {
+    match kind {
+        Kind::Sqlite => Some(format!("sqlite://{}", dir.join("control.db").display())),
+        Kind::Postgres => {
+            let Ok(admin) = std::env::var("RELAIS_TEST_POSTGRES") else {
+                assert!(
+                    std::env::var("RELAIS_REQUIRE_POSTGRES").is_err(),
+                    "RELAIS_TEST_POSTGRES is not set"
+                );
+                eprintln!("PostgreSQL not configured (RELAIS_TEST_POSTGRES): skipped here");
+                return None;
+            };
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::AnyPool::connect(&admin)
+                .await
+                .expect("connect to PostgreSQL");
+            let name = format!(
+                "relais_t_{}_{}_{}",
+                std::process::id(),
+                DBS.fetch_add(1, Ordering::SeqCst),
+                SystemClock
+                    .now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .subsec_nanos()
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&pool)
+                .await
+                .expect("create database");
+            pool.close().await;
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+            Some(format!("{base}/{name}"))
+        }
+    }
+}
+
+struct H {
+    ctl: Arc<Control>,
+    running: Option<relais_control::Running>,
+    base: String,
+    clock: ManualClock,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+    admin: String,
+    admin_login: (String, String, String),
+}
+
+struct Resp {
+    status: StatusCode,
+    body: Value,
+    text: String,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl H {
+    async fn new(kind: Kind) -> Option<H> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = database(kind, dir.path()).await?;
+        let clock = ManualClock::new();
+        let ctl = Control::open(&url, Arc::new(clock.clone()), ControlOptions::default())
+            .await
+            .expect("open control plane");
+        let first = relais_control::bootstrap::bootstrap(&ctl, None)
+            .await
+            .expect("bootstrap")
+            .expect("first run");
+        let running = relais_control::serve(ctl.clone(), "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("serve");
+        let base = format!("http://{}", running.addr);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let mut h = H {
+            ctl,
+            running: Some(running),
+            base,
+            clock,
+            http,
+            dir,
+            admin: String::new(),
+            admin_login: Default::default(),
+        };
+        let (token, secret) = h
+            .enrol_totp(&first.admin_email, &first.admin_password)
+            .await;
+        h.admin = token;
+        h.admin_login = (first.admin_email, first.admin_password, secret);
+        Some(h)
+    }
+
+    async fn req(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Resp {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if !token.is_empty() {
+            r = r.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            body,
+            text,
+            headers,
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Resp {
+        self.req(Method::GET, path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.req(Method::POST, path, token, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.req(Method::PUT, path, token, Some(body)).await
+    }
+
+    async fn login(&self, email: &str, password: &str, totp: Option<&str>) -> Resp {
+        let mut b = json!({"email": email, "password": password});
+        if let Some(t) = totp {
+            b["totp"] = json!(t);
+        }
+        self.post("/api/v1/auth/login", "", b).await
+    }
+
+    fn code(&self, secret: &str) -> String {
+        // Each code is accepted once: move to the next 30 s step first.
+        self.clock.advance(Duration::from_secs(30));
+        totp_code(
+            &base32_decode(secret).expect("base32"),
+            totp_step(self.clock.now()),
+        )
+    }
+
+    /// Signs in a platform staff member, enrols TOTP, signs in again with a code.
+    async fn enrol_totp(&self, email: &str, password: &str) -> (String, String) {
+        let r = self.login(email, password, None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["mfa_enrollment_required"], true);
+        let t = r.body["token"].as_str().expect("token").to_owned();
+        let s = self.post("/api/v1/auth/totp/setup", &t, json!({})).await;
+        let secret = s.body["secret"].as_str().expect("secret").to_owned();
+        let c = self
+            .post(
+                "/api/v1/auth/totp/confirm",
+                &t,
+                json!({"code": self.code(&secret)}),
+            )
+            .await;
+        assert_eq!(c.status, 200, "{}", c.text);
+        let r = self.login(email, password, Some(&self.code(&secret))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        (r.body["token"].as_str().expect("token").to_owned(), secret)
+    }
+
+    /// A new administrator session (after the clock moved past the session's life).
+    async fn admin_again(&mut self) {
+        let (e, p, s) = self.admin_login.clone();
+        let r = self.login(&e, &p, Some(&self.code(&s))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        self.admin = r.body["token"].as_str().expect("token").to_owned();
+    }
+
+    async fn org(&self, slug: &str, parent: Option<i64>, token: &str) -> i64 {
+        let r = self
+            .post(
+                "/api/v1/orgs",
+                token,
+                json!({"slug": slug, "name": format!("Org {slug}"), "parent_id": parent}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["id"].as_i64().expect("id")
+    }
+
+    /// Gives a new person a role and returns their session token.
+    async fn person(&self, org: i64, email: &str, role: &str) -> String {
+        let r = self
+            .put(
+                &format!("/api/v1/orgs/{org}/members"),
+                &self.admin,
+                json!({"email": email, "role": role, "name": email, "password": "un mot de passe long"}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let r = self.login(email, "un mot de passe long", None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["token"].as_str().expect("token").to_owned()
+    }
+
+    async fn token(&self, org: i64, scope: &str, days: Option<u32>) -> (i64, String) {
+        let r = self
+            .post(
+                &format!("/api/v1/orgs/{org}/tokens"),
+                &self.admin,
+                json!({"name": format!("{scope} token"), "scope": scope, "expires_in_days": days}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        (
+            r.body["id"].as_i64().expect("id"),
+            r.body["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    async fn site(&self, org: i64, name: &str, host: &str, origin: &str) -> i64 {
+        let r = self
+            .post(
+                &format!("/api/v1/orgs/{org}/sites"),
+                &self.admin,
+                json!({"name": name, "hosts": [host], "origin": [{"url": origin}]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        let id = r.body["id"].as_i64().expect("id");
+        let p = self
+            .post(
+                &format!("/api/v1/sites/{id}/publish"),
+                &self.admin,
+                json!({}),
+            )
+            .await;
+        assert_eq!(p.status, 200, "{}", p.text);
+        id
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenancy
+// ---------------------------------------------------------------------------------------------
+
+async fn tenant_isolation_on_every_endpoint(kind: Kind) {
+    let Some(h) = H::new(kind).await else { return };
+    let a = h.org("ministere-a", None, &h.admin).await;
+    let b = h.org("ministere-b", None, &h.admin).await;
+    let a_admin = h.person(a, "admin@a.fr", "admin").await;
+    let (_, a_token) = h.token(a, "config", None).await;
+    let _b_admin = h.person(b, "admin@b.fr", "admin").await;
+    let b_user: i64 = h.get("/api/v1/orgs/2/members", &h.admin).await.body["members"][0]["user_id"]
+        .as_i64()
+        .expect("user");
+    let (b_tok, _) = h.token(b, "read", None).await;
+    let sb = h.site(b, "site-b", "www.b.fr", "http://127.0.0.1:9").await;
+    let pb = h
+        .post(
+            &format!("/api/v1/sites/{sb}/purges"),
+            &h.admin,
+            json!({"kind": "all"}),
+        )
+        .await
+        .body["id"]
+        .as_i64()
+        .expect("purge");
+    let before = h.get(&format!("/api/v1/sites/{sb}"), &h.admin).await.body;
+    let audit_before = h.get("/api/v1/audit?limit=100000", &h.admin).await.body["entries"]
+        .as_array()
+        .map(Vec::len);
+
+    // Every documented route that names an object, called with B's objects by A's admin and
+    // A's token: 404, and nothing of B changes.
+    let mut checked = 0;
+    for (method, path, _, _) in relais_control::openapi::ROUTES {
+        if !path.contains('{') {
+            continue;
+        }
+        let concrete = path
+            .replace("/orgs/{id}", &format!("/orgs/{b}"))
+            .replace("/sites/{id}", &format!("/sites/{sb}"))
+            .replace("/purges/{id}", &format!("/purges/{pb}"))
+            .replace("{user}", &b_user.to_string())
+            .replace("{token}", &b_tok.to_string())
+            .replace("{version}", "1");
+        if concrete.contains("/auth/sessions/") {
+            continue; // a session is a person's own (tested below)
+        }
+        let concrete = if concrete.ends_with("/explain") {
+            format!("{concrete}?url=/")
+        } else if concrete.ends_with("/diff") {
+            format!("{concrete}?from=1")
+        } else {
+            concrete
+        };
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let body = match *method {
+            "get" | "delete" => None,
+            _ if concrete.ends_with("/members") => Some(
+                json!({"email": "x@a.fr", "role": "admin", "password": "un mot de passe long"}),
+            ),
+            _ if concrete.ends_with("/tokens") => Some(json!({"name": "x", "scope": "config"})),
+            _ if concrete.ends_with("/sites") => Some(
+                json!({"name": "intrus", "hosts": ["intrus.fr"], "origin": [{"url": "http://127.0.0.1:9"}]}),
+            ),
+            _ if concrete.ends_with("/draft") => {
+                Some(json!({"hosts": ["pirate.fr"], "origin": [{"url": "http://127.0.0.1:9"}]}))
+            }
+            _ if concrete.ends_with("/certificate") => {
+                Some(json!({"cert_pem": "x", "key_pem": "y"}))
+            }
+            _ if concrete.ends_with("/rollback") => Some(json!({"version": 1})),
+            _ if concrete.ends_with("/mode") => Some(json!({"mode": "disabled"})),
+            _ if concrete.ends_with("/schedules") => Some(json!([])),
+            _ if concrete.ends_with("/purges") => Some(json!({"kind": "all"})),
+            _ => Some(json!({})),
+        };
+        for who in [&a_admin, &a_token] {
+            let r = h.req(m.clone(), &concrete, who, body.clone()).await;
+            assert_eq!(
+                r.status, 404,
+                "{method} {concrete} by a tenant of A answered {}: {}",
+                r.status, r.text
+            );
+            assert_eq!(r.body["code"], "not_found", "{method} {concrete}");
+            checked += 1;
+        }
+        // The route exists: without credentials it answers 401, not `no_route`.
+        let r = h.req(m.clone(), &concrete, "", None).await;
+        assert_eq!(
+            r.body["code"], "unauthenticated",
+            "{method} {concrete} is documented but not routed"
+        );
+    }
+    assert!(checked >= 50, "only {checked} checks");
+    let after = h.get(&format!("/api/v1/sites/{sb}"), &h.admin).await.body;
+    assert_eq!(before["draft"], after["draft"]);
+    assert_eq!(before["published_version"], after["published_version"]);
+    let audit_after = h.get("/api/v1/audit?limit=100000", &h.admin).await.body["entries"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(
+        audit_before, audit_after,
+        "a refused call changed something"
+    );
+
+    // Lists show only one's own organisations; the platform-wide views are staff only.
+    let orgs = h.get("/api/v1/orgs", &a_admin).await.body;
+    let ids: Vec<i64> = orgs["orgs"]
+        .as_array()
+        .expect("orgs")
+        .iter()
+        .filter_map(|o| o["id"].as_i64())
+        .collect();
+    assert_eq!(ids, vec![a]);
+    for p in ["/api/v1/audit", "/api/v1/audit/verify", "/api/v1/edges"] {
+        assert_eq!(h.get(p, &a_admin).await.status, 403, "{p}");
+        assert_eq!(h.get(p, &a_token).await.status, 403, "{p}");
+    }
+    // A sub-organisation inherits its parent's roles; a sibling does not.
+    let a1 = h.org("agence-a1", Some(a), &a_admin).await;
+    assert_eq!(
+        h.get(&format!("/api/v1/orgs/{a1}"), &a_admin).await.status,
+        200
+    );
+    assert_eq!(
+        h.get(&format!("/api/v1/orgs/{a1}"), &a_token).await.status,
+        200
+    );
+    let r = h
+        .post(
+            "/api/v1/orgs",
+            &a_admin,
+            json!({"slug": "sous-b", "name": "x", "parent_id": b}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    // A host of another tenant cannot be claimed.
+    let r = h
+        .post(&format!("/api/v1/orgs/{a}/sites"), &a_admin, json!({"name": "copie", "hosts": ["www.b.fr"], "origin": [{"url": "http://127.0.0.1:9"}]}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    // Customers cannot create a catch-all site.
+    let r = h
+        .post(
+            &format!("/api/v1/orgs/{a}/sites"),
+            &a_admin,
+            json!({"name": "tout", "hosts": ["*"], "origin": [{"url": "http://127.0.0.1:9"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["field"], "site.hosts[0]");
+}
+both!(tenant_isolation_on_every_endpoint);
+
+async fn roles_and_token_scopes(kind: Kind) {
+    let Some(mut h) = H::new(kind).await else {
+        return;
+    };
+    let o = h.org("mairie", None, &h.admin).await;
+    let s = h
+        .site(o, "mairie", "www.mairie.fr", "http://127.0.0.1:9")
+        .await;
+    let viewer = h.person(o, "lecteur@mairie.fr", "viewer").await;
+    let editor = h.person(o, "editeur@mairie.fr", "editor").await;
+    let (_, read) = h.token(o, "read", None).await;
+    let (_, purge) = h.token(o, "purge", None).await;
+    let (_, config) = h.token(o, "config", Some(1)).await;
+    let draft = json!({"hosts": ["www.mairie.fr"], "origin": [{"url": "http://127.0.0.1:9"}], "grace": "1h"});
+    let purge_body = json!({"kind": "url", "values": ["/"]});
+    let site = format!("/api/v1/sites/{s}");
+    for (who, can_read, can_purge, can_config, can_admin) in [
+        (&viewer, true, false, false, false),
+        (&editor, true, true, true, false),
+        (&read, true, false, false, false),
+        (&purge, true, true, false, false),
+        (&config, true, true, true, false),
+    ] {
+        let code = |ok: bool| if ok { 200 } else { 403 };
+        assert_eq!(h.get(&site, who).await.status, code(can_read));
+        let p = h
+            .post(&format!("{site}/purges"), who, purge_body.clone())
+            .await;
+        assert_eq!(p.status, if can_purge { 202 } else { 403 }, "{}", p.text);
+        let d = h.put(&format!("{site}/draft"), who, draft.clone()).await;
+        assert_eq!(d.status, code(can_config), "{}", d.text);
+        let t = h.get(&format!("/api/v1/orgs/{o}/tokens"), who).await;
+        assert_eq!(t.status, code(can_admin), "{}", t.text);
+        if !can_config {
+            assert_eq!(d.body["code"], "forbidden");
+        }
+    }
+    // Expiry (1 day) and revocation.
+    h.clock.advance(Duration::from_secs(86_401));
+    assert_eq!(h.get(&site, &config).await.status, 401);
+    assert_eq!(
+        h.get(&site, &h.admin).await.status,
+        401,
+        "sessions expire too"
+    );
+    h.admin_again().await;
+    let list = h
+        .get(&format!("/api/v1/orgs/{o}/tokens"), &h.admin)
+        .await
+        .body;
+    let read_id = list["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .find(|t| t["scope"] == "read")
+        .expect("read")["id"]
+        .as_i64()
+        .expect("id");
+    assert!(
+        !list.to_string().contains(&read),
+        "a token secret was listed"
+    );
+    let r = h
+        .req(
+            Method::DELETE,
+            &format!("/api/v1/orgs/{o}/tokens/{read_id}"),
+            &h.admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(h.get(&site, &read).await.status, 401);
+    // Tokens cannot mint tokens; people can.
+    let r = h
+        .post(
+            &format!("/api/v1/orgs/{o}/tokens"),
+            &purge,
+            json!({"name": "x", "scope": "read"}),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+}
+both!(roles_and_token_scopes);
+
+// ---------------------------------------------------------------------------------------------
+// Accounts
+// ---------------------------------------------------------------------------------------------
+
+async fn totp_throttling_and_sessions(kind: Kind) {
+    let Some(h) = H::new(kind).await else { return };
+    // A new operator cannot do anything before enrolling a second factor.
+    let o = h.org("org", None, &h.admin).await;
+    h.person(o, "op@relais.fr", "viewer").await;
+    h.ctl
+        .db
+        .q("UPDATE users SET platform_role = 'operator' WHERE email = ?")
+        .bind("op@relais.fr".to_owned())
+        .execute(&h.ctl.db.pool)
+        .await
+        .expect("promote");
+    let r = h.login("op@relais.fr", "un mot de passe long", None).await;
+    let t = r.body["token"].as_str().expect("token").to_owned();
+    let r = h.get("/api/v1/orgs", &t).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["code"], "mfa_enrollment_required");
+    let s = h.post("/api/v1/auth/totp/setup", &t, json!({})).await;
+    let secret = s.body["secret"].as_str().expect("secret").to_owned();
+    assert!(
+        s.body["otpauth_url"]
+            .as_str()
+            .expect("url")
+            .starts_with("otpauth://totp/")
+    );
+    let bad = h
+        .post("/api/v1/auth/totp/confirm", &t, json!({"code": "000000"}))
+        .await;
+    assert_eq!(bad.body["code"], "bad_totp");
+    let ok = h
+        .post(
+            "/api/v1/auth/totp/confirm",
+            &t,
+            json!({"code": h.code(&secret)}),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(h.get("/api/v1/orgs", &t).await.status, 200);
+    // From now on the code is required, and each code works once.
+    let r = h.login("op@relais.fr", "un mot de passe long", None).await;
+    assert_eq!(r.body["code"], "totp_required");
+    let code = h.code(&secret);
+    assert_eq!(
+        h.login("op@relais.fr", "un mot de passe long", Some(&code))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        h.login("op@relais.fr", "un mot de passe long", Some(&code))
+            .await
+            .body["code"],
+        "bad_totp"
+    );
+
+    // Throttling: five failures, then even the right password waits.
+    h.clock.advance(Duration::from_secs(16 * 60));
+    for _ in 0..5 {
+        let r = h.login("op@relais.fr", "mauvais mot de passe", None).await;
+        assert_eq!(r.body["code"], "bad_credentials");
+    }
+    let r = h
+        .login(
+            "op@relais.fr",
+            "un mot de passe long",
+            Some(&h.code(&secret)),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+    assert!(r.headers.contains_key("retry-after"));
+    // Unknown accounts are throttled the same way and told nothing more.
+    assert_eq!(
+        h.login("nobody@x.fr", "whatever", None).await.body["code"],
+        "bad_credentials"
+    );
+    h.clock.advance(Duration::from_secs(16 * 60));
+    let r = h
+        .login(
+            "op@relais.fr",
+            "un mot de passe long",
+            Some(&h.code(&secret)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let fresh = r.body["token"].as_str().expect("token").to_owned();
+
+    // Sessions: listed, and one revoked from another stops working at once.
+    let list = h.get("/api/v1/auth/sessions", &fresh).await.body;
+    let sessions = list["sessions"].as_array().expect("sessions");
+    assert!(sessions.iter().filter(|s| s["active"] == true).count() >= 3);
+    let mine = h.get("/api/v1/auth/sessions", &t).await.body;
+    let other = mine["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["current"] == true)
+        .expect("current")["id"]
+        .as_i64()
+        .expect("id");
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["id"] == other && s["current"] == false)
+    );
+    let r = h
+        .req(
+            Method::DELETE,
+            &format!("/api/v1/auth/sessions/{other}"),
+            &fresh,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        h.get("/api/v1/auth/me", &t).await.status,
+        401,
+        "the revoked session still works"
+    );
+    // Someone else's session is not found.
+    let admin_sessions = h.get("/api/v1/auth/sessions", &h.admin).await.body;
+    let admin_sid = admin_sessions["sessions"][0]["id"].as_i64().expect("id");
+    let r = h
+        .req(
+            Method::DELETE,
+            &format!("/api/v1/auth/sessions/{admin_sid}"),
+            &fresh,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    // Logout ends the session; the cookie also authenticates.
+    let login = h
+        .login(
+            "op@relais.fr",
+            "un mot de passe long",
+            Some(&h.code(&secret)),
+        )
+        .await;
+    let cookie = login
+        .headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("cookie")
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("Secure") && cookie.contains("SameSite=Lax")
+    );
+    let pair = cookie.split(';').next().expect("pair").to_owned();
+    let me = h
+        .http
+        .get(format!("{}/api/v1/auth/me", h.base))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(me.status(), 200);
+    let lt = login.body["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        h.post("/api/v1/auth/logout", &lt, json!({})).await.status,
+        204
+    );
+    assert_eq!(h.get("/api/v1/auth/me", &lt).await.status, 401);
+    // Passwords are stored as argon2id hashes.
+    let row = h
+        .ctl
+        .db
+        .q("SELECT password_hash FROM users WHERE email = ?")
+        .bind("op@relais.fr".to_owned())
+        .fetch_one(&h.ctl.db.pool)
+        .await
+        .expect("row");
+    let hash: String = sqlx::Row::try_get(&row, "password_hash").expect("hash");
+    assert!(hash.starts_with("$argon2id$") && !hash.contains("un mot de passe long"));
+}
+both!(totp_throttling_and_sessions);
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+// ---------------------------------------------------------------------------------------------
+
+async fn audit_journal_exports_and_detects_tampering(kind: Kind) {
+    let Some(h) = H::new(kind).await else { return };
+    let a = h.org("org-a", None, &h.admin).await;
+    let b = h.org("org-b", None, &h.admin).await;
+    let sa = h.site(a, "sa", "a.fr", "http://127.0.0.1:9").await;
+    h.site(b, "sb", "b.fr", "http://127.0.0.1:9").await;
+    let a_admin = h.person(a, "chef@a.fr", "admin").await;
+    let r = h
+        .put(
+            &format!("/api/v1/sites/{sa}/draft"),
+            &a_admin,
+            json!({"hosts": ["a.fr"], "origin": [{"url": "http://127.0.0.1:9"}], "grace": "2h"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = h.get("/api/v1/audit/verify", &h.admin).await.body;
+    assert_eq!(v["ok"], true, "{v}");
+    // Who, when, from where, what before and after.
+    let j = h
+        .get(&format!("/api/v1/orgs/{a}/audit"), &a_admin)
+        .await
+        .body;
+    let entries = j["entries"].as_array().expect("entries");
+    let e = entries
+        .iter()
+        .find(|e| e["action"] == "site.draft")
+        .expect("draft entry");
+    assert_eq!(e["actor"], "chef@a.fr");
+    assert_eq!(e["ip"], "127.0.0.1");
+    assert!(e["before"]["grace"].is_null());
+    assert_eq!(e["after"]["grace"], "2h");
+    assert!(
+        entries.iter().all(|e| e["org_id"] == a),
+        "another tenant's entry leaked"
+    );
+    // Exports.
+    let jl = h
+        .get(&format!("/api/v1/orgs/{a}/audit?format=jsonl"), &a_admin)
+        .await;
+    assert_eq!(jl.text.lines().count(), entries.len());
+    for l in jl.text.lines() {
+        let v: Value = serde_json::from_str(l).expect("json line");
+        assert_eq!(v["org_id"], a);
+    }
+    let csv = h
+        .get(&format!("/api/v1/orgs/{a}/audit?format=csv"), &a_admin)
+        .await;
+    assert!(csv.text.starts_with("seq,time,org_id,actor"));
+    assert_eq!(csv.text.lines().count(), entries.len() + 1);
+    assert!(
+        csv.headers["content-type"]
+            .to_str()
+            .expect("ct")
+            .starts_with("text/csv")
+    );
+
+    // Tampering: change one entry's content, then remove one.
+    let seq = e["seq"].as_i64().expect("seq");
+    h.ctl
+        .db
+        .q("UPDATE audit SET actor = 'quelqu''un d''autre' WHERE seq = ?")
+        .bind(seq)
+        .execute(&h.ctl.db.pool)
+        .await
+        .expect("tamper");
+    let v = relais_control::audit::verify(&h.ctl.db)
+        .await
+        .expect("verify");
+    assert!(!v.ok);
+    assert_eq!(v.broken_at, Some(seq));
+    let v2 = h.get("/api/v1/audit/verify", &h.admin).await.body;
+    assert_eq!(v2["ok"], false);
+    h.ctl
+        .db
+        .q("UPDATE audit SET actor = 'chef@a.fr' WHERE seq = ?")
+        .bind(seq)
+        .execute(&h.ctl.db.pool)
+        .await
+        .expect("restore");
+    assert!(
+        relais_control::audit::verify(&h.ctl.db)
+            .await
+            .expect("verify")
+            .ok
+    );
+    h.ctl
+        .db
+        .q("DELETE FROM audit WHERE seq = ?")
+        .bind(seq - 1)
+        .execute(&h.ctl.db.pool)
+        .await
+        .expect("delete");
+    let v = relais_control::audit::verify(&h.ctl.db)
+        .await
+        .expect("verify");
+    assert!(!v.ok);
+    assert_eq!(v.broken_at, Some(seq - 1));
+}
+both!(audit_journal_exports_and_detects_tampering);
+
+// ---------------------------------------------------------------------------------------------
+// Versions
+// ---------------------------------------------------------------------------------------------
+
+async fn drafts_publish_diff_rollback_explain(kind: Kind) {
+    let Some(h) = H::new(kind).await else { return };
+    let o = h.org("org-o", None, &h.admin).await;
+    let ed = h.person(o, "ed@o.fr", "editor").await;
+    let s = h.site(o, "actu", "actu.fr", "http://127.0.0.1:9").await;
+    let base = format!("/api/v1/sites/{s}");
+    // A draft with a directory rule: validated, field-level errors in both languages.
+    let bad = h
+        .put(
+            &format!("{base}/draft"),
+            &ed,
+            json!({"hosts": ["actu.fr"], "origin": [{"url": "http://127.0.0.1:9"}],
+            "rule": [{"dir": "/news/", "edge_ttl": "5m"}, {"dir": "/news/", "edge_ttl": "10m"}]}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.text);
+    assert!(
+        bad.body["field"]
+            .as_str()
+            .expect("field")
+            .starts_with("site.rule["),
+        "{}",
+        bad.text
+    );
+    let m = bad.body["message"].as_str().expect("message");
+    assert!(m.contains(" / "), "French and English: {m}");
+    let bad = h
+        .put(
+            &format!("{base}/draft"),
+            &ed,
+            json!({"hosts": ["actu.fr"], "origin": [{"url": "ftp://x"}]}),
+        )
+        .await;
+    assert_eq!(bad.body["field"], "site.origin[0].url");
+    let bad = h.put(&format!("{base}/draft"), &ed, json!({"hosts": ["actu.fr"], "origin": [{"url": "http://x"}], "maintenance_page": "/etc/passwd"})).await;
+    assert_eq!(bad.status, 422);
+
+    let draft = json!({"hosts": ["actu.fr"], "origin": [{"url": "http://127.0.0.1:9"}],
+        "rule": [{"id": "news", "dir": "/news/", "edge_ttl": "5m"}]});
+    let r = h.put(&format!("{base}/draft"), &ed, draft).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["draft_differs"], true);
+    assert_eq!(r.body["staging_host"], "actu.staging.localhost");
+    // explain: the draft has the rule, the published version not yet.
+    let e = h
+        .get(&format!("{base}/explain?url=/news/a.html"), &ed)
+        .await
+        .body;
+    let ttl = e["settings"]
+        .as_array()
+        .expect("settings")
+        .iter()
+        .find(|x| x["setting"] == "edge_ttl")
+        .expect("ttl")
+        .clone();
+    assert_eq!(ttl["rule"]["rule"], "news");
+    let e = h
+        .get(
+            &format!("{base}/explain?url=/news/a.html&version=published"),
+            &ed,
+        )
+        .await
+        .body;
+    let ttl = e["settings"]
+        .as_array()
+        .expect("settings")
+        .iter()
+        .find(|x| x["setting"] == "edge_ttl")
+        .expect("ttl")
+        .clone();
+    assert!(ttl["rule"].is_null());
+    let d = h
+        .get(&format!("{base}/diff?from=published&to=draft"), &ed)
+        .await
+        .body;
+    assert_eq!(d["changed"], true);
+    assert!(
+        d["diff"]
+            .as_str()
+            .expect("diff")
+            .contains("+ dir = \"/news/\""),
+        "{}",
+        d["diff"]
+    );
+    // Publish with a comment; history keeps author and time.
+    let p = h
+        .post(
+            &format!("{base}/publish"),
+            &ed,
+            json!({"comment": "TTL actualités"}),
+        )
+        .await;
+    assert_eq!(p.body["version"], 2);
+    assert_eq!(p.body["site"]["draft_differs"], false);
+    let v = h.get(&format!("{base}/versions"), &ed).await.body;
+    assert_eq!(v["versions"][0]["version"], 2);
+    assert_eq!(v["versions"][0]["author"], "ed@o.fr");
+    assert_eq!(v["versions"][0]["comment"], "TTL actualités");
+    assert_eq!(
+        v["versions"][1]["author"],
+        h.get("/api/v1/auth/me", &h.admin).await.body["email"]
+    );
+    // Rollback publishes version 1's document as version 3.
+    let r = h
+        .post(&format!("{base}/rollback"), &ed, json!({"version": 1}))
+        .await;
+    assert_eq!(r.body["version"], 3, "{}", r.text);
+    let d = h.get(&format!("{base}/diff?from=1&to=3"), &ed).await.body;
+    assert_eq!(d["changed"], false, "{}", d["diff"]);
+    let d = h
+        .get(&format!("{base}/diff?from=2&to=published"), &ed)
+        .await
+        .body;
+    assert!(
+        d["diff"]
+            .as_str()
+            .expect("diff")
+            .contains("- dir = \"/news/\"")
+    );
+    // Mode switch applies at once (a new version) and keeps a pending draft edit.
+    h.put(
+        &format!("{base}/draft"),
+        &ed,
+        json!({"hosts": ["actu.fr"], "origin": [{"url": "http://127.0.0.1:9"}], "grace": "3h"}),
+    )
+    .await;
+    let m = h
+        .put(&format!("{base}/mode"), &ed, json!({"mode": "maintenance"}))
+        .await;
+    assert_eq!(m.status, 200, "{}", m.text);
+    assert_eq!(m.body["site"]["mode"], "maintenance");
+    assert_eq!(m.body["site"]["published"]["mode"], "maintenance");
+    assert_eq!(m.body["site"]["draft"]["grace"], "3h");
+    assert_eq!(m.body["site"]["draft"]["mode"], "maintenance");
+    let bad = h.put(&format!("{base}/schedules"), &ed, json!([{"mode": "bypass", "start": "2027-05-01T00:00:00Z", "end": "2027-04-01T00:00:00Z"}])).await;
+    assert_eq!(bad.body["field"], "site.schedule[0].end");
+    // The definition document follows the live configuration.
+    let md = h.get(&format!("{base}/definition"), &ed).await;
+    assert!(
+        md.text.contains("`actu.fr`") && md.text.contains("`maintenance`"),
+        "{}",
+        md.text
+    );
+    let html = h.get(&format!("{base}/definition?format=html"), &ed).await;
+    assert!(html.text.contains("<h2>Origines / Origins</h2>"));
+    // OpenAPI.
+    let api = h.get("/api/openapi.json", "").await.body;
+    assert_eq!(api["openapi"], "3.1.0");
+    assert!(api["paths"]["/api/v1/sites/{id}/purges"]["post"].is_object());
+}
+both!(drafts_publish_diff_rollback_explain);
+
+// ---------------------------------------------------------------------------------------------
+// Edges: distribution, staging, purge receipts, vouching
+// ---------------------------------------------------------------------------------------------
+
+struct EdgeProc {
+    edge: Arc<Edge>,
+    running: Option<relais_edge::server::Running>,
+    follow: Option<FollowHandle>,
+    addr: SocketAddr,
+}
+
+impl EdgeProc {
+    async fn stop(&mut self) {
+        self.follow.take();
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+async fn start_edge(h: &H, name: &str, lease: Duration) -> EdgeProc {
+    let token = h.ctl.local_edge_token(name).await.expect("token");
+    let state_dir = h.dir.path().join(format!("edge-{name}"));
+    let base = FileConfig {
+        version: Some(relais_edge::config::CONFIG_VERSION),
+        edge: FileEdge {
+            listen: vec!["127.0.0.1:0".into()],
+            ..Default::default()
+        },
+        cache: FileCache {
+            disk_path: Some(h.dir.path().join(format!("cache-{name}"))),
+            ..Default::default()
+        },
+        sites: vec![],
+    };
+    let (state, _) = follow::load_state(&state_dir);
+    let cfg = follow::build_config(&base, &state).expect("config");
+    let edge = Edge::new(
+        cfg,
+        Arc::new(SystemClock),
+        EdgeOptions {
+            active_health_checks: false,
+        },
+    )
+    .expect("edge");
+    let running = relais_edge::server::start(edge.clone(), None)
+        .await
+        .expect("start");
+    let addr = running.http[0];
+    let f = follow::spawn(
+        edge.clone(),
+        FollowOptions {
+            control: h.base.clone(),
+            token,
+            state_dir,
+            base,
+            lease,
+            listen: vec![addr.to_string()],
+        },
+    )
+    .expect("follow");
+    EdgeProc {
+        edge,
+        running: Some(running),
+        follow: Some(f),
+        addr,
+    }
+}
+
+async fn fetch(addr: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = c
+        .get(format!("http://{addr}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .expect("get");
+    let status = r.status().as_u16();
+    let cs = r
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    (status, cs, r.text().await.unwrap_or_default())
+}
+
+async fn until<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn edges_follow_publish_staging_and_modes(kind: Kind) {
+    let Some(mut h) = H::new(kind).await else {
+        return;
+    };
+    let origin = Origin::start(|s| {
+        Reply::ok(format!("page {}", s.path)).header("cache-control", "public, max-age=600")
+    })
+    .await;
+    let o = h.org("org-o", None, &h.admin).await;
+    let mut e1 = start_edge(&h, "e1", Duration::from_secs(3)).await;
+    let s = h.site(o, "gouv", "www.gouv.test", &origin.url()).await;
+    let base = format!("/api/v1/sites/{s}");
+    assert!(
+        until(Duration::from_secs(5), || async {
+            fetch(e1.addr, "www.gouv.test", "/").await.0 == 200
+        })
+        .await
+    );
+    // A draft is served on the staging host only, with its own cache.
+    let r = h
+        .put(&format!("{base}/draft"), &h.admin, json!({"hosts": ["www.gouv.test"], "origin": [{"url": origin.url()}], "mode": "maintenance", "maintenance_html": "<p>bientôt</p>"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        until(Duration::from_secs(5), || async {
+            fetch(e1.addr, "gouv.staging.localhost", "/").await.0 == 503
+        })
+        .await
+    );
+    let (st, _, body) = fetch(e1.addr, "gouv.staging.localhost", "/").await;
+    assert_eq!((st, body.as_str()), (503, "<p>bientôt</p>"));
+    assert_eq!(
+        fetch(e1.addr, "www.gouv.test", "/").await.0,
+        200,
+        "the draft leaked to production"
+    );
+    // Publishing applies it on the edge (atomically: the whole document).
+    h.post(&format!("{base}/publish"), &h.admin, json!({}))
+        .await;
+    assert!(
+        until(Duration::from_secs(5), || async {
+            fetch(e1.addr, "www.gouv.test", "/").await.0 == 503
+        })
+        .await
+    );
+    // Modes switch at once; rollback brings back version 1.
+    h.put(
+        &format!("{base}/mode"),
+        &h.admin,
+        json!({"mode": "disabled"}),
+    )
+    .await;
+    assert!(
+        until(Duration::from_secs(5), || async {
+            fetch(e1.addr, "www.gouv.test", "/").await.0 == 404
+        })
+        .await
+    );
+    let r = h
+        .post(&format!("{base}/rollback"), &h.admin, json!({"version": 1}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        until(Duration::from_secs(5), || async {
+            fetch(e1.addr, "www.gouv.test", "/").await.0 == 200
+        })
+        .await
+    );
+    // The edge reports its progress.
+    let edges = h.get("/api/v1/edges", &h.admin).await.body;
+    assert_eq!(edges["edges"][0]["name"], "e1");
+    assert!(
+        until(Duration::from_secs(5), || async {
+            h.get("/api/v1/edges", &h.admin).await.body["edges"][0]["vouched"] == true
+        })
+        .await
+    );
+
+    // Something invalid reaches the edge (written behind the API's back): refused, reported,
+    // and the last good configuration keeps serving.
+    h.ctl
+        .db
+        .q("UPDATE sites SET draft = ?, changed_seq = changed_seq + 1000 WHERE id = ?")
+        .bind(
+            json!({"name": "gouv", "hosts": ["www.gouv.test"], "origin": [{"url": "ftp://nope"}]})
+                .to_string(),
+        )
+        .bind(s)
+        .execute(&h.ctl.db.pool)
+        .await
+        .expect("corrupt");
+    h.ctl
+        .db
+        .q("UPDATE counters SET value = value + 1000 WHERE name = 'config_seq'")
+        .execute(&h.ctl.db.pool)
+        .await
+        .expect("seq");
+    h.ctl.notify(Some(i64::MAX / 2), None);
+    assert!(
+        until(Duration::from_secs(5), || async {
+            h.get("/api/v1/edges", &h.admin).await.body["edges"][0]["config_error"].is_string()
+        })
+        .await
+    );
+    assert_eq!(fetch(e1.addr, "www.gouv.test", "/").await.0, 200);
+
+    // The control plane goes away: the edge keeps serving; restarted without it, the edge
+    // serves from the snapshot it kept on disk.
+    h.running.take().expect("running").shutdown().await;
+    assert_eq!(fetch(e1.addr, "www.gouv.test", "/x").await.0, 200);
+    e1.stop().await;
+    let e1b = start_edge(&h, "e1", Duration::from_secs(3)).await;
+    let (st, _, body) = fetch(e1b.addr, "www.gouv.test", "/y").await;
+    assert_eq!((st, body.as_str()), (200, "page /y"));
+    h.running = None;
+}
+both!(edges_follow_publish_staging_and_modes);
+
+async fn purge_receipts_survive_an_edge_restart(kind: Kind) {
+    let Some(h) = H::new(kind).await else { return };
+    let origin = Origin::start(|s| {
+        Reply::ok(format!("v{}", s.path))
+            .header("cache-control", "public, max-age=600")
+            .header("etag", "\"1\"")
+            .header("surrogate-key", "actus")
+    })
+    .await;
+    let o = h.org("org-o", None, &h.admin).await;
+    let (_, purger) = h.token(o, "purge", None).await;
+    let s = h.site(o, "presse", "presse.test", &origin.url()).await;
+    let mut e1 = start_edge(&h, "e1", Duration::from_secs(3)).await;
+    let mut e2 = start_edge(&h, "e2", Duration::from_secs(3)).await;
+    for e in [&e1, &e2] {
+        assert!(
+            until(Duration::from_secs(5), || async {
+                fetch(e.addr, "presse.test", "/a").await.0 == 200
+            })
+            .await
+        );
+        assert!(until(Duration::from_secs(5), || async { e.edge.is_vouched() }).await);
+        assert!(fetch(e.addr, "presse.test", "/a").await.1.contains("hit"));
+        fetch(e.addr, "presse.test", "/b").await;
+    }
+    // Both edges up: the receipt completes, with a latency per edge.
+    let r = h
+        .post(
+            &format!("/api/v1/sites/{s}/purges?wait_ms=5000"),
+            &purger,
+            json!({"kind": "url", "values": ["/a", "http://presse.test/zz"]}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(r.body["complete"], true, "{}", r.text);
+    assert_eq!(r.body["edges_total"], 2);
+    for e in r.body["edges"].as_array().expect("edges") {
+        assert_eq!(e["status"], "applied");
+        assert!(e["latency_ms"].as_i64().is_some());
+    }
+    for e in [&e1, &e2] {
+        assert!(
+            fetch(e.addr, "presse.test", "/a")
+                .await
+                .1
+                .contains("fwd=miss")
+        );
+        assert!(fetch(e.addr, "presse.test", "/b").await.1.contains("hit"));
+    }
+    // Edge 2 is stopped; a purge by tag is acknowledged and pending for it.
+    e2.stop().await;
+    let r = h
+        .post(
+            &format!("/api/v1/sites/{s}/purges?wait_ms=3000"),
+            &purger,
+            json!({"kind": "tag", "values": ["actus"]}),
+        )
+        .await;
+    let id = r.body["id"].as_i64().expect("id");
+    assert_eq!(r.body["complete"], false);
+    let by_edge = |r: &Value, name: &str| {
+        r["edges"]
+            .as_array()
+            .expect("edges")
+            .iter()
+            .find(|e| e["edge"] == name)
+            .expect("edge")["status"]
+            .clone()
+    };
+    assert_eq!(by_edge(&r.body, "e1"), "applied");
+    assert_eq!(by_edge(&r.body, "e2"), "pending");
+    // Edge 2 comes back with its disk cache: before it has caught up it does not vouch, and
+    // once it has, the receipt completes and the purged object is fetched again.
+    let hits = origin.hits();
+    let e2b = start_edge(&h, "e2", Duration::from_secs(3)).await;
+    assert!(
+        until(Duration::from_secs(5), || async {
+            h.get(&format!("/api/v1/purges/{id}"), &purger).await.body["complete"] == true
+        })
+        .await
+    );
+    assert!(until(Duration::from_secs(5), || async { e2b.edge.is_vouched() }).await);
+    let (_, cs, _) = fetch(e2b.addr, "presse.test", "/b").await;
+    assert!(
+        !cs.contains("; hit"),
+        "a purged object was served from cache: {cs}"
+    );
+    assert!(origin.hits() > hits);
+    // Soft purge: objects become stale and are revalidated (304 from the origin keeps them).
+    fetch(e1.addr, "presse.test", "/c").await;
+    let r = h
+        .post(
+            &format!("/api/v1/sites/{s}/purges?wait_ms=3000"),
+            &purger,
+            json!({"kind": "prefix", "values": ["/c"], "soft": true}),
+        )
+        .await;
+    assert_eq!(by_edge(&r.body, "e1"), "applied");
+    let (_, cs, _) = fetch(e1.addr, "presse.test", "/c").await;
+    assert!(cs.contains("fwd=stale"), "{cs}");
+    // A purge token cannot read another site's receipts or purge other sites.
+    let bad = h
+        .post(
+            &format!("/api/v1/sites/{s}/purges"),
+            &purger,
+            json!({"kind": "url", "values": ["http://ailleurs.test/x"]}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.body["field"], "values[0]");
+    e1.stop().await;
+}
+both!(purge_receipts_survive_an_edge_restart);
+
+async fn an_edge_without_news_revalidates_instead_of_trusting_its_cache(kind: Kind) {
+    let Some(mut h) = H::new(kind).await else {
+        return;
+    };
+    let origin =
+        Origin::start(|_| Reply::ok("contenu").header("cache-control", "public, max-age=600"))
+            .await;
+    let o = h.org("org-o", None, &h.admin).await;
+    h.site(o, "s", "s.test", &origin.url()).await;
+    let e = start_edge(&h, "e", Duration::from_millis(600)).await;
+    assert!(
+        until(Duration::from_secs(5), || async {
+            fetch(e.addr, "s.test", "/").await.0 == 200
+        })
+        .await
+    );
+    assert!(until(Duration::from_secs(5), || async { e.edge.is_vouched() }).await);
+    assert!(fetch(e.addr, "s.test", "/").await.1.contains("hit"));
+    // The control plane disappears: after the lease the edge cannot vouch for its cache.
+    h.running.take().expect("running").shutdown().await;
+    assert!(until(Duration::from_secs(5), || async { !e.edge.is_vouched() }).await);
+    let before = origin.hits();
+    let (st, cs, _) = fetch(e.addr, "s.test", "/").await;
+    assert_eq!(st, 200);
+    assert!(!cs.contains("; hit"), "{cs}");
+    assert_eq!(origin.hits(), before + 1);
+    // And with the origin down too, it refuses to serve what a missed purge might cover.
+    origin.stop();
+    let (st, _, _) = fetch(e.addr, "s.test", "/").await;
+    assert!(
+        st >= 500,
+        "served {st} from an unvouched cache with the origin down"
+    );
+}
+both!(an_edge_without_news_revalidates_instead_of_trusting_its_cache);
