@@ -339,6 +339,7 @@ async fn run(cmd: Command) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             let token = ctl.local_edge_token("local").await?;
             let running = relais_control::serve(ctl, control_listen).await?;
+            tracing::info!(addr = %running.addr, "control plane listening");
             let opts = relais_edge::follow::FollowOptions {
                 control: format!("http://{}", running.addr),
                 token,

@@ -14,6 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_relais");
 struct Proc {
     child: Child,
     logs: mpsc::Receiver<serde_json::Value>,
+    stdout: mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -22,10 +23,17 @@ impl Proc {
             .args(["--log-format", "json"])
             .args(args)
             .env("RELAIS_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn relais");
+        let stdout = child.stdout.take().expect("stdout");
+        let (otx, orx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = otx.send(line);
+            }
+        });
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -35,7 +43,24 @@ impl Proc {
                 }
             }
         });
-        Proc { child, logs: rx }
+        Proc {
+            child,
+            logs: rx,
+            stdout: orx,
+        }
+    }
+
+    /// Waits for a line on standard output containing `text`.
+    fn wait_stdout(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(l) = self.stdout.recv_timeout(Duration::from_millis(100))
+                && l.contains(text)
+            {
+                return l;
+            }
+        }
+        panic!("no output line containing {text:?}");
     }
 
     /// Waits for a log line whose message contains `msg`; returns its fields.
@@ -335,4 +360,110 @@ async fn zero_downtime_upgrade_with_reuse_port() {
         assert_eq!(get(&url, "site.example").await, (200, "up".to_owned()));
     }
     drop(new);
+}
+
+/// The README's first command: control plane, demo organisation and site, edge following it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_the_platform_with_a_demo_site() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let data_s = data.to_str().expect("path");
+    let any = "127.0.0.1:0";
+    let p = Proc::spawn(&[
+        "serve",
+        "--data",
+        data_s,
+        "--listen",
+        any,
+        "--admin",
+        any,
+        "--control-listen",
+        any,
+        "--demo-origin",
+        any,
+    ]);
+    let demo = p.wait_stdout("demo webmaster");
+    let password = demo.rsplit(' ').next().expect("password").to_owned();
+    let control = p.wait_log("control plane listening")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_owned();
+    let edge = p.wait_log("edge listening (http)")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_owned();
+    let url = format!("http://{edge}/");
+    let mut first = (0, String::new());
+    for _ in 0..500 {
+        first = get(&url, "localhost").await;
+        if first.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert!(first.1.contains("Site de démonstration"));
+    let c = client();
+    let cs = |r: &reqwest::Response| {
+        r.headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let r = c
+        .get(&url)
+        .header("host", "localhost")
+        .send()
+        .await
+        .expect("get");
+    assert!(cs(&r).contains("; hit"), "{}", cs(&r));
+    // The demo webmaster signs in and purges; the receipt says the edge applied it.
+    let login = c
+        .post(format!("http://{control}/api/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"email": "webmestre@demo.localhost", "password": password})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 200);
+    let login: serde_json::Value =
+        serde_json::from_str(&login.text().await.expect("body")).expect("json");
+    let token = login["token"].as_str().expect("token").to_owned();
+    let receipt = c
+        .post(format!(
+            "http://{control}/api/v1/sites/1/purges?wait_ms=5000"
+        ))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(r#"{"kind":"all"}"#)
+        .send()
+        .await
+        .expect("purge")
+        .text()
+        .await
+        .expect("body");
+    let receipt: serde_json::Value = serde_json::from_str(&receipt).expect("json");
+    assert_eq!(receipt["complete"], true, "{receipt}");
+    let r = c
+        .get(&url)
+        .header("host", "localhost")
+        .send()
+        .await
+        .expect("get");
+    assert!(cs(&r).contains("fwd=miss"), "{}", cs(&r));
+    // Stop, then check the journal from the command line.
+    p.signal("-TERM");
+    drop(p);
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--database-url"])
+        .arg(format!("sqlite://{}", data.join("control.db").display()))
+        .output()
+        .expect("verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("chain intact"), "{text}");
 }
