@@ -282,6 +282,20 @@ impl Control {
         action: &'static str,
         comment: String,
     ) -> ApiResult<i64> {
+        self.publish_doc_with_draft(actor, site, doc, None, action, comment)
+            .await
+    }
+
+    /// Publishes `doc`; the draft becomes `draft` when given (a pending edit kept), else `doc`.
+    async fn publish_doc_with_draft(
+        &self,
+        actor: &Actor,
+        site: &SiteRow,
+        doc: FileSite,
+        draft: Option<FileSite>,
+        action: &'static str,
+        comment: String,
+    ) -> ApiResult<i64> {
         validate_site_doc(&doc).map_err(config_error)?;
         let _w = self.writer.lock().await;
         let now = self.clock.now();
@@ -308,11 +322,17 @@ impl Control {
             .bind(millis(now))
             .execute(&mut *tx)
             .await?;
-        self.set_hosts(&mut tx, site.id, &hosts_of(&[&doc])).await?;
+        let mut hosted = vec![&doc];
+        hosted.extend(draft.as_ref());
+        self.set_hosts(&mut tx, site.id, &hosts_of(&hosted)).await?;
         let seq = self.db.next(&mut tx, "config_seq").await?;
+        let draft_text = match &draft {
+            Some(d) => serde_json::to_string(d).unwrap_or_default(),
+            None => text,
+        };
         self.db
             .q("UPDATE sites SET draft = ?, draft_updated_at = ?, draft_updated_by = ?, published_version = ?, changed_seq = ? WHERE id = ?")
-            .bind(text)
+            .bind(draft_text)
             .bind(millis(now))
             .bind(actor.label())
             .bind(version)
@@ -372,20 +392,14 @@ impl Control {
         };
         change(&mut doc);
         validate_site_doc(&doc).map_err(config_error)?;
-        if site.published_version.is_some() {
-            // Keep the draft's other pending edits, with the same change.
-            let mut draft = site.draft.clone();
-            change(&mut draft);
-            let v = self.publish_doc(actor, site, doc, action, comment).await?;
-            if validate_site_doc(&draft).is_ok() {
-                let fresh = self.site_row(site.id).await?;
-                let body = serde_json::to_value(&draft).unwrap_or(Value::Null);
-                self.put_draft(actor, &fresh, body).await?;
-            }
-            Ok(v)
-        } else {
-            self.publish_doc(actor, site, doc, action, comment).await
-        }
+        // Keep the draft's other pending edits, with the same change, in the same transaction
+        // (one change for the edges).
+        let mut draft = site.draft.clone();
+        change(&mut draft);
+        let draft = (site.published_version.is_some() && validate_site_doc(&draft).is_ok())
+            .then_some(draft);
+        self.publish_doc_with_draft(actor, site, doc, draft, action, comment)
+            .await
     }
 
     pub async fn delete_site(&self, actor: &Actor, site: &SiteRow) -> ApiResult<()> {

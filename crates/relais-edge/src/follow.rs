@@ -215,6 +215,7 @@ impl Follower {
             };
             buf.extend_from_slice(&data);
             let mut purged = false;
+            let mut changed = false;
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line = buf.split_to(pos + 1);
                 let line = &line[..pos];
@@ -222,9 +223,17 @@ impl Follower {
                     continue;
                 }
                 match serde_json::from_slice::<Message>(line) {
-                    Ok(m) => purged |= self.handle(m),
+                    Ok(m) => {
+                        let (p, c) = self.handle(m);
+                        purged |= p;
+                        changed |= c;
+                    }
                     Err(e) => return Err(format!("bad message from control plane: {e}")),
                 }
+            }
+            // Configuration changes that arrived together are applied together.
+            if changed {
+                self.apply_received();
             }
             if buf.len() > MAX_LINE {
                 return Err("message from control plane too long".into());
@@ -248,8 +257,8 @@ impl Follower {
         }
     }
 
-    /// Handles one message; true if purges were applied.
-    fn handle(&self, m: Message) -> bool {
+    /// Handles one message: (purges applied, configuration changed).
+    fn handle(&self, m: Message) -> (bool, bool) {
         match m {
             Message::Snapshot {
                 config_seq,
@@ -263,7 +272,7 @@ impl Follower {
                         sites,
                     }
                 });
-                false
+                (false, true)
             }
             Message::Site {
                 config_seq,
@@ -281,11 +290,11 @@ impl Follower {
                         }
                     }
                 });
-                false
+                (false, true)
             }
             Message::Purge(p) => {
                 self.purge(&p);
-                true
+                (true, false)
             }
             Message::Ping {
                 config_seq: _,
@@ -295,7 +304,7 @@ impl Follower {
                     *l = Some((Instant::now(), purge_seq));
                 }
                 self.check_vouched();
-                false
+                (false, false)
             }
         }
     }
@@ -322,14 +331,30 @@ impl Follower {
     }
 
     fn update(&self, f: impl FnOnce(&mut EdgeState)) {
-        let Ok(mut state) = self.received.lock() else {
+        if let Ok(mut state) = self.received.lock() {
+            f(&mut state);
+        }
+    }
+
+    /// Builds and applies what was received; on success keeps it on disk.
+    fn apply_received(&self) {
+        let Ok(state) = self.received.lock() else {
             return;
         };
-        f(&mut state);
         let seq = state.config_seq;
+        let t0 = Instant::now();
         let res = build_config(&self.opts.base, &state).map_err(|e| e.to_string());
+        let t_build = t0.elapsed();
         match self.edge.reload(res) {
             Ok(_) => {
+                let t_apply = t0.elapsed() - t_build;
+                tracing::info!(
+                    config_seq = seq,
+                    sites = state.sites.len(),
+                    validate_ms = t_build.as_millis() as u64,
+                    swap_ms = t_apply.as_millis() as u64,
+                    "configuration from the control plane applied"
+                );
                 self.good_seq.store(seq, Ordering::SeqCst);
                 match serde_json::to_vec(&*state) {
                     Ok(b) => {

@@ -113,3 +113,79 @@ pub fn sites_for(state: &EdgeState) -> Vec<FileSite> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileSite, FileTls};
+
+    fn site(name: &str, host: &str, mode: Option<&str>) -> FileSite {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "hosts": [host], "mode": mode,
+            "origin": [{"url": "http://127.0.0.1:9"}],
+        }))
+        .expect("site")
+    }
+
+    #[test]
+    fn drafts_are_served_on_their_staging_host_only() {
+        let mut draft = site("gouv", "www.gouv.fr", Some("maintenance"));
+        draft.tls = Some(FileTls {
+            cert: None,
+            key: None,
+            cert_pem: Some("x".into()),
+            key_pem: Some("y".into()),
+        });
+        let mut state = EdgeState {
+            config_seq: 3,
+            staging_domain: Some("staging.example".into()),
+            ..Default::default()
+        };
+        state.sites.insert(
+            "gouv".into(),
+            SiteEntry {
+                published: Some(site("gouv", "www.gouv.fr", None)),
+                draft: Some(draft),
+            },
+        );
+        state.sites.insert(
+            "new".into(),
+            SiteEntry {
+                published: None,
+                draft: Some(site("new", "new.fr", None)),
+            },
+        );
+        let sites = sites_for(&state);
+        let names: Vec<_> = sites.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["gouv", "draft.gouv", "draft.new"]);
+        assert_eq!(sites[0].hosts, ["www.gouv.fr"]);
+        assert_eq!(sites[1].hosts, ["gouv.staging.example"]);
+        assert_eq!(sites[1].mode.as_deref(), Some("maintenance"));
+        assert!(
+            sites[1].tls.is_none(),
+            "staging never takes the production certificate"
+        );
+        assert_eq!(sites[2].hosts, ["new.staging.example"]);
+        // Without a staging domain, drafts are not served at all.
+        state.staging_domain = None;
+        assert_eq!(sites_for(&state).len(), 1);
+    }
+
+    #[test]
+    fn messages_round_trip_as_json_lines() {
+        let m = Message::Purge(PurgeMsg {
+            seq: 7,
+            site: "s".into(),
+            kind: "tag".into(),
+            values: vec!["a".into()],
+            soft: true,
+        });
+        let line = serde_json::to_string(&m).expect("encode");
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r#""type":"purge""#));
+        match serde_json::from_str::<Message>(&line).expect("decode") {
+            Message::Purge(p) => assert_eq!(p.seq, 7),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+}

@@ -310,7 +310,9 @@ impl Edge {
                     origins,
                 }));
             }
-            sm.retain(|name, _| config.site_by_name(name).is_some());
+            let names: std::collections::HashSet<&str> =
+                config.sites.iter().map(|s| s.name.as_str()).collect();
+            sm.retain(|name, _| names.contains(name.as_str()));
         }
         let old = self.snapshot.load();
         if old.generation > 0 {

@@ -373,7 +373,9 @@ impl Upstreams {
     /// Forgets origins no longer referenced by `keep`.
     pub fn retain(&self, keep: &[Arc<OriginState>]) {
         if let Ok(mut map) = self.by_id.lock() {
-            map.retain(|_, v| keep.iter().any(|k| Arc::ptr_eq(k, v)));
+            let keep: std::collections::HashSet<*const OriginState> =
+                keep.iter().map(Arc::as_ptr).collect();
+            map.retain(|_, v| keep.contains(&Arc::as_ptr(v)));
         }
     }
 }
