@@ -94,6 +94,7 @@ pub fn router(st: Arc<Control>) -> Router {
         .route("/api/v1/audit", get(all_audit))
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/api/v1/edges", get(list_edges).post(create_edge))
+        .route("/api/v1/edges/{id}", delete(delete_edge))
         .route("/edge/v1/stream", get(edge_stream))
         .route("/edge/v1/ack", post(edge_ack))
         .fallback(|| async { ApiError::new("no_route", "no such endpoint; see /api/openapi.json") })
@@ -1459,6 +1460,18 @@ async fn create_edge(
         Json(json!({"id": eid, "name": b.name, "token": token,
             "note": "shown once: start the edge with --control-token"})),
     ))
+}
+
+async fn delete_edge(
+    State(st): St,
+    actor: Actor,
+    Path(eid): Path<String>,
+) -> ApiResult<StatusCode> {
+    if !actor.is_platform_admin() {
+        return Err(ApiError::forbidden("retiring edges"));
+    }
+    st.delete_edge(&actor, id(&eid)?).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn edge_secret(headers: &HeaderMap) -> ApiResult<String> {

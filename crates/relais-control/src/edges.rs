@@ -107,6 +107,42 @@ impl Control {
         Ok((id, token))
     }
 
+    /// Retires an edge: its token stops working and receipts no longer wait for it.
+    pub async fn delete_edge(&self, actor: &Actor, id: i64) -> ApiResult<()> {
+        let _w = self.writer.lock().await;
+        let now = self.clock.now();
+        let mut tx = self.db.begin().await?;
+        let r = self
+            .db
+            .q("DELETE FROM edges WHERE id = ? RETURNING name")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+        let name: String = col(&r, "name")?;
+        self.db
+            .q("DELETE FROM purge_acks WHERE edge_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        audit::record(
+            &self.db,
+            &mut tx,
+            now,
+            actor,
+            Change {
+                org_id: None,
+                action: "edge.delete",
+                target: format!("edge {name} (#{id})"),
+                before: Some(json!({"name": name})),
+                after: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// For `relais serve`: the in-process edge's record, with a fresh token each start.
     pub async fn local_edge_token(&self, name: &str) -> Result<String, DbError> {
         let token = new_token("rle_");

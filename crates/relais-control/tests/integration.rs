@@ -327,8 +327,8 @@ async fn tenant_isolation_on_every_endpoint(kind: Kind) {
             .replace("{user}", &b_user.to_string())
             .replace("{token}", &b_tok.to_string())
             .replace("{version}", "1");
-        if concrete.contains("/auth/sessions/") {
-            continue; // a session is a person's own (tested below)
+        if concrete.contains("/auth/sessions/") || concrete.contains("/edges/") {
+            continue; // a person's own sessions, and platform-only routes: tested below
         }
         let concrete = if concrete.ends_with("/explain") {
             format!("{concrete}?url=/")
@@ -400,6 +400,12 @@ async fn tenant_isolation_on_every_endpoint(kind: Kind) {
     for p in ["/api/v1/audit", "/api/v1/audit/verify", "/api/v1/edges"] {
         assert_eq!(h.get(p, &a_admin).await.status, 403, "{p}");
         assert_eq!(h.get(p, &a_token).await.status, 403, "{p}");
+    }
+    for who in [&a_admin, &a_token] {
+        let r = h.req(Method::DELETE, "/api/v1/edges/1", who, None).await;
+        assert_eq!(r.status, 403);
+        let r = h.post("/api/v1/edges", who, json!({"name": "mine"})).await;
+        assert_eq!(r.status, 403);
     }
     // A sub-organisation inherits its parent's roles; a sibling does not.
     let a1 = h.org("agence-a1", Some(a), &a_admin).await;
@@ -843,6 +849,11 @@ async fn drafts_publish_diff_rollback_explain(kind: Kind) {
         )
         .await;
     assert_eq!(bad.body["field"], "site.origin[0].url");
+    let m = bad.body["message"].as_str().expect("message");
+    assert!(
+        m.contains("must start with http") && m.contains("doit commencer par http"),
+        "{m}"
+    );
     let bad = h.put(&format!("{base}/draft"), &ed, json!({"hosts": ["actu.fr"], "origin": [{"url": "http://x"}], "maintenance_page": "/etc/passwd"})).await;
     assert_eq!(bad.status, 422);
 
@@ -1274,6 +1285,36 @@ async fn purge_receipts_survive_an_edge_restart(kind: Kind) {
         "a purged object was served from cache: {cs}"
     );
     assert!(origin.hits() > hits);
+    // A retired edge's token stops working and receipts no longer wait for it.
+    let edges = h.get("/api/v1/edges", &h.admin).await.body;
+    let e2_id = edges["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .find(|e| e["name"] == "e2")
+        .expect("e2")["id"]
+        .as_i64()
+        .expect("id");
+    let mut e2b = e2b;
+    e2b.stop().await;
+    let r = h
+        .req(
+            Method::DELETE,
+            &format!("/api/v1/edges/{e2_id}"),
+            &h.admin,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = h
+        .post(
+            &format!("/api/v1/sites/{s}/purges?wait_ms=3000"),
+            &purger,
+            json!({"kind": "all"}),
+        )
+        .await;
+    assert_eq!(r.body["complete"], true, "{}", r.text);
+    assert_eq!(r.body["edges_total"], 1);
     // Soft purge: objects become stale and are revalidated (304 from the origin keeps them).
     fetch(e1.addr, "presse.test", "/c").await;
     let r = h

@@ -256,17 +256,21 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number like \"256MiB\""))?;
+        .map_err(|_| format!("invalid size {s:?}: expected a number like \"256MiB\" / taille {s:?} invalide : un nombre comme \"256MiB\" est attendu"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?} / unité de taille {other:?} inconnue dans {s:?}"
+            ));
+        }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+        .ok_or_else(|| format!("size {s:?} is too large / taille {s:?} trop grande"))
 }
 
 /// Parses `"500ms"`, `"2s"`, `"5m"`, `"24h"`, `"7d"`.
@@ -276,14 +280,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number like \"30s\""))?;
+        .map_err(|_| format!("invalid duration {s:?}: expected a number like \"30s\" / durée {s:?} invalide : un nombre comme \"30s\" est attendu"))?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         "d" => Duration::from_secs(n.saturating_mul(86400)),
-        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?} (ms, s, m, h, d) / unité de durée {other:?} inconnue dans {s:?} (ms, s, m, h, d)"
+            ));
+        }
     };
     Ok(d)
 }
@@ -694,7 +702,9 @@ impl Config {
                 if let Some(prev) = dup {
                     return Err(invalid(
                         hf,
-                        format!("host {host:?} is already served by site[{prev}]"),
+                        format!(
+                            "host {host:?} is already served by site[{prev}] / l'hôte {host:?} est déjà servi par site[{prev}]"
+                        ),
                     ));
                 }
             }
@@ -785,13 +795,13 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
     {
         return Err(invalid(
             format!("{field}.name"),
-            "use letters, digits, '-', '_' or '.'",
+            "use letters, digits, '-', '_' or '.' / lettres, chiffres, « - », « _ » ou « . »",
         ));
     }
     if fs.hosts.is_empty() {
         return Err(invalid(
             format!("{field}.hosts"),
-            "at least one host name is required",
+            "at least one host name is required / au moins un nom d'hôte est requis",
         ));
     }
     let mut hosts = Vec::new();
@@ -800,7 +810,7 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         if host != "*" && !valid_host_name(&host) {
             return Err(invalid(
                 format!("{field}.hosts[{h}]"),
-                format!("{host:?} is not a host name"),
+                format!("{host:?} is not a host name / {host:?} n'est pas un nom d'hôte"),
             ));
         }
         hosts.push(host);
@@ -812,7 +822,7 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
     if fs.origins.is_empty() {
         return Err(invalid(
             format!("{field}.origin"),
-            "at least one [[site.origin]] is required",
+            "at least one [[site.origin]] is required / au moins une origine est requise",
         ));
     }
     let mut origins = Vec::new();
@@ -828,7 +838,9 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
                 (None, Some(p)) => Ok(PemSource::Inline(p)),
                 _ => Err(invalid(
                     format!("{field}.tls.{name}"),
-                    format!("give exactly one of {name} (a file) or {name}_pem (inline)"),
+                    format!(
+                        "give exactly one of {name} (a file) or {name}_pem (inline) / indiquez soit {name} (un fichier), soit {name}_pem (en ligne)"
+                    ),
                 )),
             };
             Some(SiteTls {
@@ -843,7 +855,7 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         Some(m) => Mode::parse(m).ok_or_else(|| {
             invalid(
                 format!("{field}.mode"),
-                format!("{m:?} is not one of {MODES}"),
+                format!("{m:?} is not one of {MODES} / {m:?} n'est pas un mode connu"),
             )
         })?,
     };
@@ -854,7 +866,7 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
             humantime::parse_rfc3339_weak(v).map_err(|_| {
                 invalid(
                     format!("{sf}.{name}"),
-                    format!("{v:?} is not a date like \"2027-04-23T18:00:00Z\""),
+                    format!("{v:?} is not a date like \"2027-04-23T18:00:00Z\" / {v:?} n'est pas une date comme \"2027-04-23T18:00:00Z\""),
                 )
             })
         };
@@ -862,14 +874,20 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
             mode: Mode::parse(&s.mode).ok_or_else(|| {
                 invalid(
                     format!("{sf}.mode"),
-                    format!("{:?} is not one of {MODES}", s.mode),
+                    format!(
+                        "{0:?} is not one of {MODES} / {0:?} n'est pas un mode connu",
+                        s.mode
+                    ),
                 )
             })?,
             start: when("start", s.start.trim_end_matches('Z'))?,
             end: when("end", s.end.trim_end_matches('Z'))?,
         };
         if sched.end <= sched.start {
-            return Err(invalid(format!("{sf}.end"), "must be after start"));
+            return Err(invalid(
+                format!("{sf}.end"),
+                "must be after start / doit être après le début",
+            ));
         }
         if let Some(j) = schedules
             .iter()
@@ -877,7 +895,9 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
         {
             return Err(invalid(
                 sf,
-                format!("overlaps {field}.schedule[{j}]: a site is in one mode at a time"),
+                format!(
+                    "overlaps {field}.schedule[{j}]: a site is in one mode at a time / chevauche {field}.schedule[{j}] : un site n'a qu'un mode à la fois"
+                ),
             ));
         }
         schedules.push(sched);
@@ -885,7 +905,7 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
     if fs.maintenance_page.is_some() && fs.maintenance_html.is_some() {
         return Err(invalid(
             format!("{field}.maintenance_html"),
-            "give maintenance_page (a file) or maintenance_html, not both",
+            "give maintenance_page (a file) or maintenance_html, not both / indiquez maintenance_page (un fichier) ou maintenance_html, pas les deux",
         ));
     }
     let maintenance_page = match &fs.maintenance_page {
@@ -1005,26 +1025,31 @@ fn validate_rule(
 }
 
 fn validate_origin(fo: FileOrigin, field: &str) -> Result<Origin, ConfigError> {
-    let url: Uri = fo
-        .url
-        .parse()
-        .map_err(|_| invalid(format!("{field}.url"), format!("{:?} is not a URL", fo.url)))?;
+    let url: Uri = fo.url.parse().map_err(|_| {
+        invalid(
+            format!("{field}.url"),
+            format!("{0:?} is not a URL / {0:?} n'est pas une URL", fo.url),
+        )
+    })?;
     match url.scheme() {
         Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => {}
         _ => {
             return Err(invalid(
                 format!("{field}.url"),
-                "must start with http:// or https://",
+                "must start with http:// or https:// / doit commencer par http:// ou https://",
             ));
         }
     }
     if url.host().is_none() {
-        return Err(invalid(format!("{field}.url"), "has no host"));
+        return Err(invalid(
+            format!("{field}.url"),
+            "has no host / l'adresse n'a pas de nom d'hôte",
+        ));
     }
     if url.path() != "/" && !url.path().is_empty() {
         return Err(invalid(
             format!("{field}.url"),
-            "must not have a path (the client's path is kept)",
+            "must not have a path (the client's path is kept) / ne doit pas contenir de chemin (celui du client est conservé)",
         ));
     }
     let dur =
@@ -1035,7 +1060,7 @@ fn validate_origin(fo: FileOrigin, field: &str) -> Result<Origin, ConfigError> {
                     if d.is_zero() {
                         return Err(invalid(
                             format!("{field}.{name}"),
-                            "must be greater than zero",
+                            "must be greater than zero / doit être supérieur à zéro",
                         ));
                     }
                     Ok(d)
@@ -1059,7 +1084,7 @@ fn validate_origin(fo: FileOrigin, field: &str) -> Result<Origin, ConfigError> {
             if !p.starts_with('/') {
                 return Err(invalid(
                     format!("{field}.health.path"),
-                    "must start with '/'",
+                    "must start with '/' / doit commencer par « / »",
                 ));
             }
             health.path = p;
@@ -1078,7 +1103,7 @@ fn validate_origin(fo: FileOrigin, field: &str) -> Result<Origin, ConfigError> {
     {
         return Err(invalid(
             format!("{field}.host"),
-            format!("{host:?} is not a host name"),
+            format!("{host:?} is not a host name / {host:?} n'est pas un nom d'hôte"),
         ));
     }
     Ok(Origin {
