@@ -467,3 +467,153 @@ async fn serve_starts_the_platform_with_a_demo_site() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("chain intact"), "{text}");
 }
+
+/// `relais control` and `relais edge --control` as separate processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_process_follows_a_control_plane_process() {
+    use relais_control::auth::{base32_decode, totp_code};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = format!("sqlite://{}", dir.path().join("control.db").display());
+    let control = Proc::spawn(&["control", "--listen", "127.0.0.1:0", "--database-url", &db]);
+    let line = control.wait_stdout("platform administrator");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let email = words[words
+        .iter()
+        .position(|w| *w == "administrator")
+        .expect("word")
+        + 1];
+    let password = words.last().expect("password").to_string();
+    let base = format!(
+        "http://{}",
+        control.wait_log("control plane listening")["addr"]
+            .as_str()
+            .expect("addr")
+    );
+    let c = client();
+    let call = |method: reqwest::Method, path: &str, token: &str, body: serde_json::Value| {
+        let mut r = c
+            .request(method, format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if !token.is_empty() {
+            r = r.bearer_auth(token);
+        }
+        async move {
+            let resp = r.send().await.expect("call");
+            let text = resp.text().await.expect("body");
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::Null)
+        }
+    };
+    let login = |totp: Option<String>| {
+        call(
+            reqwest::Method::POST,
+            "/api/v1/auth/login",
+            "",
+            serde_json::json!({"email": email, "password": password, "totp": totp}),
+        )
+    };
+    let t = login(None).await["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let secret = call(
+        reqwest::Method::POST,
+        "/api/v1/auth/totp/setup",
+        &t,
+        serde_json::json!({}),
+    )
+    .await["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let key = base32_decode(&secret).expect("b32");
+    let step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        / 30;
+    let r = call(
+        reqwest::Method::POST,
+        "/api/v1/auth/totp/confirm",
+        &t,
+        serde_json::json!({"code": totp_code(&key, step - 1)}),
+    )
+    .await;
+    assert_eq!(r["totp_enabled"], true, "{r}");
+    let admin = login(Some(totp_code(&key, step))).await["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let origin =
+        Origin::start(|_| Reply::ok("bonjour").header("cache-control", "max-age=60")).await;
+    let org = call(
+        reqwest::Method::POST,
+        "/api/v1/orgs",
+        &admin,
+        serde_json::json!({"slug": "mairie", "name": "Mairie"}),
+    )
+    .await;
+    let site = call(
+        reqwest::Method::POST,
+        &format!("/api/v1/orgs/{}/sites", org["id"]),
+        &admin,
+        serde_json::json!({"name": "mairie", "hosts": ["mairie.test"], "origin": [{"url": origin.url()}]}),
+    )
+    .await;
+    let sid = site["id"].as_i64().expect("site");
+    call(
+        reqwest::Method::POST,
+        &format!("/api/v1/sites/{sid}/publish"),
+        &admin,
+        serde_json::json!({}),
+    )
+    .await;
+    let edge = call(
+        reqwest::Method::POST,
+        "/api/v1/edges",
+        &admin,
+        serde_json::json!({"name": "paris-1"}),
+    )
+    .await;
+    let token = edge["token"].as_str().expect("edge token").to_owned();
+    let state = dir.path().join("edge-state");
+    let e = Proc::spawn(&[
+        "edge",
+        "--control",
+        &base,
+        "--control-token",
+        &token,
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().expect("path"),
+    ]);
+    let addr = e.wait_log("edge listening (http)")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_owned();
+    let url = format!("http://{addr}/");
+    let mut got = (0, String::new());
+    for _ in 0..500 {
+        got = get(&url, "mairie.test").await;
+        if got.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, (200, "bonjour".to_owned()));
+    let receipt = call(
+        reqwest::Method::POST,
+        &format!("/api/v1/sites/{sid}/purges?wait_ms=5000"),
+        &admin,
+        serde_json::json!({"kind": "all"}),
+    )
+    .await;
+    assert_eq!(receipt["complete"], true, "{receipt}");
+    assert_eq!(receipt["edges"][0]["edge"], "paris-1");
+    // The control plane stops; the edge keeps serving its last good configuration.
+    control.signal("-TERM");
+    drop(control);
+    assert_eq!(get(&url, "mairie.test").await, (200, "bonjour".to_owned()));
+    assert!(state.join("snapshot.json").exists());
+}
