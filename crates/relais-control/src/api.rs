@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -49,6 +49,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         serde_json::from_slice(&b)
             .map(JsonBody)
             .map_err(|e| ApiError::new("bad_request", format!("invalid JSON: {e}")))
+    }
+}
+
+/// A query string whose problems come out of the error table.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Q(q.0))
+            .map_err(|e| ApiError::new("bad_request", e.body_text()))
     }
 }
 
@@ -949,7 +965,7 @@ async fn list_sites(
     State(st): St,
     actor: Actor,
     Path(oid): Path<String>,
-    Query(p): Query<Page>,
+    Q(p): Q<Page>,
 ) -> ApiResult<Json<Value>> {
     let oid = id(&oid)?;
     st.check(&actor, oid, Perm::Read).await?;
@@ -1143,7 +1159,7 @@ async fn diff(
     State(st): St,
     actor: Actor,
     Path(sid): Path<String>,
-    Query(q): Query<DiffQuery>,
+    Q(q): Q<DiffQuery>,
 ) -> ApiResult<Json<Value>> {
     let site = site_for(&st, &actor, &sid, Perm::Read).await?;
     let to = q.to.unwrap_or_else(|| "draft".into());
@@ -1228,7 +1244,7 @@ async fn explain(
     State(st): St,
     actor: Actor,
     Path(sid): Path<String>,
-    Query(q): Query<ExplainQuery>,
+    Q(q): Q<ExplainQuery>,
 ) -> ApiResult<Json<Value>> {
     let site = site_for(&st, &actor, &sid, Perm::Read).await?;
     let doc = st
@@ -1259,7 +1275,7 @@ async fn purge(
     State(st): St,
     actor: Actor,
     Path(sid): Path<String>,
-    Query(w): Query<WaitQuery>,
+    Q(w): Q<WaitQuery>,
     JsonBody(b): JsonBody<PurgeRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let site = site_for(&st, &actor, &sid, Perm::Purge).await?;
@@ -1302,7 +1318,7 @@ async fn definition(
     State(st): St,
     actor: Actor,
     Path(sid): Path<String>,
-    Query(q): Query<FormatQuery>,
+    Q(q): Q<FormatQuery>,
 ) -> ApiResult<Response> {
     let site = site_for(&st, &actor, &sid, Perm::Read).await?;
     let md = crate::definition::markdown(&st, &site).await?;
@@ -1380,7 +1396,7 @@ async fn org_audit(
     State(st): St,
     actor: Actor,
     Path(oid): Path<String>,
-    Query(q): Query<AuditQuery>,
+    Q(q): Q<AuditQuery>,
 ) -> ApiResult<Response> {
     let oid = id(&oid)?;
     st.check(&actor, oid, Perm::Admin).await?;
@@ -1403,11 +1419,7 @@ async fn org_audit(
     audit_response(entries, q.format.as_deref())
 }
 
-async fn all_audit(
-    State(st): St,
-    actor: Actor,
-    Query(q): Query<AuditQuery>,
-) -> ApiResult<Response> {
+async fn all_audit(State(st): St, actor: Actor, Q(q): Q<AuditQuery>) -> ApiResult<Response> {
     if !actor.is_staff() {
         return Err(ApiError::forbidden("reading the whole platform's journal"));
     }
@@ -1494,7 +1506,7 @@ struct StreamQuery {
 async fn edge_stream(
     State(st): St,
     headers: HeaderMap,
-    Query(q): Query<StreamQuery>,
+    Q(q): Q<StreamQuery>,
 ) -> ApiResult<Response> {
     let edge = st.edge_by_token(&edge_secret(&headers)?).await?;
     let body = Body::from_stream(st.stream(edge, q.config_seq, q.purge_seq));

@@ -515,6 +515,41 @@ async fn roles_and_token_scopes(kind: Kind) {
         .await;
     assert_eq!(r.status, 204);
     assert_eq!(h.get(&site, &read).await.status, 401);
+    // One person, different roles in two organisations.
+    let viewer = h
+        .login("lecteur@mairie.fr", "un mot de passe long", None)
+        .await
+        .body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let o2 = h.org("prefecture", None, &h.admin).await;
+    let s2 = h
+        .site(o2, "prefecture", "www.prefecture.fr", "http://127.0.0.1:9")
+        .await;
+    let r = h
+        .put(
+            &format!("/api/v1/orgs/{o2}/members"),
+            &h.admin,
+            json!({"email": "lecteur@mairie.fr", "role": "editor"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let d2 = json!({"hosts": ["www.prefecture.fr"], "origin": [{"url": "http://127.0.0.1:9"}], "grace": "2h"});
+    assert_eq!(
+        h.put(&format!("/api/v1/sites/{s2}/draft"), &viewer, d2)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        h.put(&format!("{site}/draft"), &viewer, draft.clone())
+            .await
+            .status,
+        403
+    );
+    let me = h.get("/api/v1/auth/me", &viewer).await.body;
+    assert_eq!(me["memberships"].as_array().map(Vec::len), Some(2));
     // Tokens cannot mint tokens; people can.
     let r = h
         .post(
@@ -956,6 +991,60 @@ async fn drafts_publish_diff_rollback_explain(kind: Kind) {
     assert_eq!(m.body["site"]["draft"]["mode"], "maintenance");
     let bad = h.put(&format!("{base}/schedules"), &ed, json!([{"mode": "bypass", "start": "2027-05-01T00:00:00Z", "end": "2027-04-01T00:00:00Z"}])).await;
     assert_eq!(bad.body["field"], "site.schedule[0].end");
+    // A certificate and key go in as PEM; the key never comes back out.
+    let (cert, key, _) = relais_testkit::write_cert(h.dir.path(), "actu", &["actu.fr"]);
+    let cert = std::fs::read_to_string(cert).expect("cert");
+    let key = std::fs::read_to_string(key).expect("key");
+    let r = h
+        .put(
+            &format!("{base}/certificate"),
+            &ed,
+            json!({"cert_pem": cert, "key_pem": "garbage"}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["field"], "certificate");
+    let r = h
+        .put(
+            &format!("{base}/certificate"),
+            &ed,
+            json!({"cert_pem": cert, "key_pem": key}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        !r.text.contains("PRIVATE KEY"),
+        "the private key was echoed"
+    );
+    assert_eq!(
+        r.body["draft"]["tls"]["key_pem"],
+        relais_control::sites::REDACTED
+    );
+    // Sending the redacted document back keeps the stored key.
+    let mut back = r.body["draft"].clone();
+    back["grace"] = json!("4h");
+    let r = h.put(&format!("{base}/draft"), &ed, back).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let stored = h.ctl.site_row(s).await.expect("row");
+    assert!(
+        stored
+            .draft
+            .tls
+            .and_then(|t| t.key_pem)
+            .expect("key")
+            .contains("PRIVATE KEY")
+    );
+    // Query strings and bodies that do not parse get the same error format.
+    let r = h.get(&format!("{base}/explain"), &ed).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{}",
+        r.text
+    );
+    let r = h.req(Method::PUT, &format!("{base}/mode"), &ed, None).await;
+    assert_eq!(r.body["code"], "bad_request", "{}", r.text);
+    assert_eq!(h.get("/api/v1/nowhere", &ed).await.body["code"], "no_route");
     // The definition document follows the live configuration.
     let md = h.get(&format!("{base}/definition"), &ed).await;
     assert!(
