@@ -22,8 +22,7 @@ use serde_json::{Value, json};
 use crate::Control;
 use crate::audit::{self, Change};
 use crate::auth::{
-    self, Actor, Perm, ROLES, SCOPES, SESSION_COOKIE, SESSION_TTL, Who, hash_password, millis,
-    new_token, sha256_hex,
+    self, Actor, Perm, ROLES, SCOPES, Who, hash_password, millis, new_token, sha256_hex,
 };
 use crate::db::col;
 use crate::edges::PurgeRequest;
@@ -68,7 +67,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Q<T> {
     }
 }
 
+/// The API with its JSON fallback for unknown routes.
 pub fn router(st: Arc<Control>) -> Router {
+    routes(st).fallback(no_route)
+}
+
+pub async fn no_route() -> ApiError {
+    ApiError::new("no_route", "no such endpoint; see /api/openapi.json")
+}
+
+/// The API routes, without a fallback (so that another router can be merged in).
+pub fn routes(st: Arc<Control>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/openapi.json", get(openapi))
@@ -113,7 +122,6 @@ pub fn router(st: Arc<Control>) -> Router {
         .route("/api/v1/edges/{id}", delete(delete_edge))
         .route("/edge/v1/stream", get(edge_stream))
         .route("/edge/v1/ack", post(edge_ack))
-        .fallback(|| async { ApiError::new("no_route", "no such endpoint; see /api/openapi.json") })
         .layer(DefaultBodyLimit::max(2 << 20))
         .with_state(st)
 }
@@ -143,139 +151,26 @@ struct LoginBody {
     totp: Option<String>,
 }
 
-/// An argon2 hash of a random password, verified when the e-mail is unknown so that both cases
-/// take the same time.
-fn dummy_hash() -> String {
-    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    H.get_or_init(|| hash_password(&auth::hex(&auth::random_bytes::<16>())).unwrap_or_default())
-        .clone()
-}
-
 async fn login(State(st): St, headers: HeaderMap, req: Request) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let ip = auth::client_ip(&parts);
     let JsonBody(b): JsonBody<LoginBody> =
         JsonBody::from_request(Request::from_parts(parts, body), &()).await?;
-    let email = b.email.trim().to_ascii_lowercase();
-    let keys = vec![format!("email:{email}"), format!("ip:{ip}")];
-    st.throttle_check(&keys)?;
-    let row = st
-        .db
-        .q("SELECT id, name, password_hash, platform_role, totp_secret, totp_enabled, totp_last_step FROM users WHERE email = ?")
-        .bind(email.clone())
-        .fetch_optional(&st.db.pool)
-        .await?;
-    let hash = match &row {
-        Some(r) => col::<String>(r, "password_hash")?,
-        None => tokio::task::spawn_blocking(dummy_hash)
-            .await
-            .unwrap_or_default(),
-    };
-    let pw = b.password.clone();
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&pw, &hash))
-        .await
-        .unwrap_or(false);
-    let Some(row) = row.filter(|_| ok) else {
-        st.throttle_fail(&keys);
-        tracing::info!(%email, %ip, "sign-in refused");
-        return Err(ApiError::new(
-            "bad_credentials",
-            "wrong e-mail or password / e-mail ou mot de passe incorrect",
-        ));
-    };
-    let user_id: i64 = col(&row, "id")?;
-    let platform_role: Option<String> = col(&row, "platform_role")?;
-    let totp_enabled = col::<i64>(&row, "totp_enabled")? != 0;
-    let now = st.clock.now();
-    if totp_enabled {
-        let Some(code) = b.totp.as_deref().filter(|c| !c.trim().is_empty()) else {
-            return Err(ApiError::new(
-                "totp_required",
-                "enter the 6-digit code from your authenticator app / saisissez le code à 6 chiffres",
-            ));
-        };
-        let secret: Option<String> = col(&row, "totp_secret")?;
-        let last: i64 = col(&row, "totp_last_step")?;
-        let step = secret
-            .as_deref()
-            .and_then(|s| auth::totp_verify(s, code, now, last as u64));
-        let Some(step) = step else {
-            st.throttle_fail(&keys);
-            return Err(ApiError::new(
-                "bad_totp",
-                "wrong or already used code / code erroné ou déjà utilisé",
-            ));
-        };
-        st.db
-            .q("UPDATE users SET totp_last_step = ? WHERE id = ?")
-            .bind(step as i64)
-            .bind(user_id)
-            .execute(&st.db.pool)
-            .await?;
-    }
-    st.throttle_clear(&keys);
-    let token = new_token("rss_");
-    let expires = millis(now) + SESSION_TTL.as_millis() as i64;
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect::<String>();
-    let actor = Actor {
-        who: Who::User {
-            id: user_id,
-            email: email.clone(),
-            platform_role: platform_role.clone(),
-            session_id: 0,
-            mfa: totp_enabled,
-        },
-        ip: ip.clone(),
-    };
-    {
-        let _w = st.writer.lock().await;
-        let mut tx = st.db.begin().await?;
-        st.db
-            .q("INSERT INTO sessions (token_hash, user_id, mfa, created_at, last_seen_at, expires_at, ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(sha256_hex(token.as_bytes()))
-            .bind(user_id)
-            .bind(totp_enabled as i64)
-            .bind(millis(now))
-            .bind(millis(now))
-            .bind(expires)
-            .bind(ip)
-            .bind(ua)
-            .execute(&mut *tx)
-            .await?;
-        audit::record(
-            &st.db,
-            &mut tx,
-            now,
-            &actor,
-            Change {
-                org_id: None,
-                action: "auth.login",
-                target: format!("user {email}"),
-                before: None,
-                after: Some(json!({"mfa": totp_enabled})),
-            },
-        )
+        .unwrap_or("");
+    let si = st
+        .sign_in(&b.email, &b.password, b.totp.as_deref(), &ip, ua)
         .await?;
-        tx.commit().await?;
-    }
-    let cookie = format!(
-        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
-        SESSION_TTL.as_secs()
-    );
     let mut resp = Json(json!({
-        "token": token,
-        "expires_at": expires,
-        "user": {"id": user_id, "email": email, "platform_role": platform_role, "totp_enabled": totp_enabled},
-        "mfa_enrollment_required": platform_role.is_some() && !totp_enabled,
+        "token": si.token,
+        "expires_at": si.expires_at,
+        "user": {"id": si.user_id, "email": si.email, "platform_role": si.platform_role, "totp_enabled": si.mfa},
+        "mfa_enrollment_required": si.mfa_enrollment_required(),
     }))
     .into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    if let Ok(v) = HeaderValue::from_str(&auth::session_cookie(&si.token)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(resp)
@@ -289,13 +184,7 @@ fn session_id(actor: &Actor) -> ApiResult<i64> {
 }
 
 async fn logout(State(st): St, actor: Actor) -> ApiResult<Response> {
-    let sid = session_id(&actor)?;
-    st.db
-        .q("UPDATE sessions SET revoked_at = ? WHERE id = ?")
-        .bind(millis(st.clock.now()))
-        .bind(sid)
-        .execute(&st.db.pool)
-        .await?;
+    st.end_session(session_id(&actor)?).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
@@ -433,29 +322,10 @@ async fn revoke_session(
 
 async fn totp_setup(State(st): St, actor: Actor) -> ApiResult<Json<Value>> {
     let uid = actor.require_user()?;
-    let r = st
-        .db
-        .q("SELECT email, totp_enabled FROM users WHERE id = ?")
-        .bind(uid)
-        .fetch_one(&st.db.pool)
-        .await?;
-    if col::<i64>(&r, "totp_enabled")? != 0 {
-        return Err(ApiError::new(
-            "conflict",
-            "a second factor is already enabled",
-        ));
-    }
-    let secret = auth::base32(&auth::random_bytes::<20>());
-    st.db
-        .q("UPDATE users SET totp_secret = ? WHERE id = ?")
-        .bind(secret.clone())
-        .bind(uid)
-        .execute(&st.db.pool)
-        .await?;
-    let email: String = col(&r, "email")?;
+    let (secret, url) = st.totp_setup(uid).await?;
     Ok(Json(json!({
         "secret": secret,
-        "otpauth_url": format!("otpauth://totp/Relais:{email}?secret={secret}&issuer=Relais&algorithm=SHA1&digits=6&period=30"),
+        "otpauth_url": url,
         "next": "POST /api/v1/auth/totp/confirm with {\"code\": \"123456\"}",
     })))
 }
@@ -471,59 +341,7 @@ async fn totp_confirm(
     actor: Actor,
     JsonBody(b): JsonBody<CodeBody>,
 ) -> ApiResult<Json<Value>> {
-    let uid = actor.require_user()?;
-    let sid = session_id(&actor)?;
-    let r = st
-        .db
-        .q("SELECT totp_secret, totp_enabled, totp_last_step FROM users WHERE id = ?")
-        .bind(uid)
-        .fetch_one(&st.db.pool)
-        .await?;
-    if col::<i64>(&r, "totp_enabled")? != 0 {
-        return Err(ApiError::new(
-            "conflict",
-            "a second factor is already enabled",
-        ));
-    }
-    let Some(secret) = col::<Option<String>>(&r, "totp_secret")? else {
-        return Err(ApiError::new(
-            "conflict",
-            "call /api/v1/auth/totp/setup first",
-        ));
-    };
-    let now = st.clock.now();
-    let last: i64 = col(&r, "totp_last_step")?;
-    let Some(step) = auth::totp_verify(&secret, &b.code, now, last as u64) else {
-        return Err(ApiError::new("bad_totp", "wrong code / code erroné"));
-    };
-    let _w = st.writer.lock().await;
-    let mut tx = st.db.begin().await?;
-    st.db
-        .q("UPDATE users SET totp_enabled = 1, totp_last_step = ? WHERE id = ?")
-        .bind(step as i64)
-        .bind(uid)
-        .execute(&mut *tx)
-        .await?;
-    st.db
-        .q("UPDATE sessions SET mfa = 1 WHERE id = ?")
-        .bind(sid)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &st.db,
-        &mut tx,
-        now,
-        &actor,
-        Change {
-            org_id: None,
-            action: "totp.enable",
-            target: format!("user {}", actor.label()),
-            before: None,
-            after: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    st.totp_confirm(&actor, &b.code).await?;
     Ok(Json(json!({"totp_enabled": true})))
 }
 

@@ -633,3 +633,257 @@ mod tests {
         assert!(!scope_allows("config", Perm::Admin));
     }
 }
+
+/// The outcome of a successful sign-in.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    pub token: String,
+    pub expires_at: i64,
+    pub user_id: i64,
+    pub email: String,
+    pub platform_role: Option<String>,
+    pub mfa: bool,
+}
+
+impl SignIn {
+    /// Platform staff without a second factor must enrol before anything else.
+    pub fn mfa_enrollment_required(&self) -> bool {
+        self.platform_role.is_some() && !self.mfa
+    }
+}
+
+/// The session cookie for a session token.
+pub fn session_cookie(token: &str) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
+        SESSION_TTL.as_secs()
+    )
+}
+
+/// An argon2 hash of a random password, verified when the e-mail is unknown so that both cases
+/// take the same time.
+fn dummy_hash() -> String {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| hash_password(&hex(&random_bytes::<16>())).unwrap_or_default())
+        .clone()
+}
+
+impl Control {
+    /// Checks credentials (and the TOTP code when enabled), with throttling, and opens a new
+    /// session (a new token every time: sessions rotate on sign-in).
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        totp: Option<&str>,
+        ip: &str,
+        user_agent: &str,
+    ) -> ApiResult<SignIn> {
+        let email = email.trim().to_ascii_lowercase();
+        let keys = vec![format!("email:{email}"), format!("ip:{ip}")];
+        self.throttle_check(&keys)?;
+        let row = self
+            .db
+            .q("SELECT id, name, password_hash, platform_role, totp_secret, totp_enabled, totp_last_step FROM users WHERE email = ?")
+            .bind(email.clone())
+            .fetch_optional(&self.db.pool)
+            .await?;
+        let hash = match &row {
+            Some(r) => col::<String>(r, "password_hash")?,
+            None => tokio::task::spawn_blocking(dummy_hash)
+                .await
+                .unwrap_or_default(),
+        };
+        let pw = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&pw, &hash))
+            .await
+            .unwrap_or(false);
+        let Some(row) = row.filter(|_| ok) else {
+            self.throttle_fail(&keys);
+            tracing::info!(%email, %ip, "sign-in refused");
+            return Err(ApiError::new(
+                "bad_credentials",
+                "wrong e-mail or password / e-mail ou mot de passe incorrect",
+            ));
+        };
+        let user_id: i64 = col(&row, "id")?;
+        let platform_role: Option<String> = col(&row, "platform_role")?;
+        let totp_enabled = col::<i64>(&row, "totp_enabled")? != 0;
+        let now = self.clock.now();
+        if totp_enabled {
+            let Some(code) = totp.filter(|c| !c.trim().is_empty()) else {
+                return Err(ApiError::new(
+                    "totp_required",
+                    "enter the 6-digit code from your authenticator app / saisissez le code à 6 chiffres",
+                ));
+            };
+            let secret: Option<String> = col(&row, "totp_secret")?;
+            let last: i64 = col(&row, "totp_last_step")?;
+            let step = secret
+                .as_deref()
+                .and_then(|s| totp_verify(s, code, now, last as u64));
+            let Some(step) = step else {
+                self.throttle_fail(&keys);
+                return Err(ApiError::new(
+                    "bad_totp",
+                    "wrong or already used code / code erroné ou déjà utilisé",
+                ));
+            };
+            self.db
+                .q("UPDATE users SET totp_last_step = ? WHERE id = ?")
+                .bind(step as i64)
+                .bind(user_id)
+                .execute(&self.db.pool)
+                .await?;
+        }
+        self.throttle_clear(&keys);
+        let token = new_token("rss_");
+        let expires = millis(now) + SESSION_TTL.as_millis() as i64;
+        let ua: String = user_agent.chars().take(200).collect();
+        let actor = Actor {
+            who: Who::User {
+                id: user_id,
+                email: email.clone(),
+                platform_role: platform_role.clone(),
+                session_id: 0,
+                mfa: totp_enabled,
+            },
+            ip: ip.to_owned(),
+        };
+        let _w = self.writer.lock().await;
+        let mut tx = self.db.begin().await?;
+        self.db
+            .q("INSERT INTO sessions (token_hash, user_id, mfa, created_at, last_seen_at, expires_at, ip, user_agent) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(sha256_hex(token.as_bytes()))
+            .bind(user_id)
+            .bind(totp_enabled as i64)
+            .bind(millis(now))
+            .bind(millis(now))
+            .bind(expires)
+            .bind(ip.to_owned())
+            .bind(ua)
+            .execute(&mut *tx)
+            .await?;
+        crate::audit::record(
+            &self.db,
+            &mut tx,
+            now,
+            &actor,
+            crate::audit::Change {
+                org_id: None,
+                action: "auth.login",
+                target: format!("user {email}"),
+                before: None,
+                after: Some(serde_json::json!({"mfa": totp_enabled})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(SignIn {
+            token,
+            expires_at: expires,
+            user_id,
+            email,
+            platform_role,
+            mfa: totp_enabled,
+        })
+    }
+
+    /// Ends a session.
+    pub async fn end_session(&self, session_id: i64) -> ApiResult<()> {
+        self.db
+            .q("UPDATE sessions SET revoked_at = ? WHERE id = ?")
+            .bind(millis(self.clock.now()))
+            .bind(session_id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts TOTP enrolment: a new secret (base32) and its otpauth:// URL.
+    pub async fn totp_setup(&self, user_id: i64) -> ApiResult<(String, String)> {
+        let r = self
+            .db
+            .q("SELECT email, totp_enabled FROM users WHERE id = ?")
+            .bind(user_id)
+            .fetch_one(&self.db.pool)
+            .await?;
+        if col::<i64>(&r, "totp_enabled")? != 0 {
+            return Err(ApiError::new(
+                "conflict",
+                "a second factor is already enabled",
+            ));
+        }
+        let secret = base32(&random_bytes::<20>());
+        self.db
+            .q("UPDATE users SET totp_secret = ? WHERE id = ?")
+            .bind(secret.clone())
+            .bind(user_id)
+            .execute(&self.db.pool)
+            .await?;
+        let email: String = col(&r, "email")?;
+        let url = format!(
+            "otpauth://totp/Relais:{email}?secret={secret}&issuer=Relais&algorithm=SHA1&digits=6&period=30"
+        );
+        Ok((secret, url))
+    }
+
+    /// Finishes TOTP enrolment with a current code; the caller's session counts as verified.
+    pub async fn totp_confirm(&self, actor: &Actor, code: &str) -> ApiResult<()> {
+        let Who::User { id, session_id, .. } = actor.who else {
+            return Err(ApiError::forbidden("this with an API token"));
+        };
+        let r = self
+            .db
+            .q("SELECT totp_secret, totp_enabled, totp_last_step FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.db.pool)
+            .await?;
+        if col::<i64>(&r, "totp_enabled")? != 0 {
+            return Err(ApiError::new(
+                "conflict",
+                "a second factor is already enabled",
+            ));
+        }
+        let Some(secret) = col::<Option<String>>(&r, "totp_secret")? else {
+            return Err(ApiError::new(
+                "conflict",
+                "call /api/v1/auth/totp/setup first",
+            ));
+        };
+        let now = self.clock.now();
+        let last: i64 = col(&r, "totp_last_step")?;
+        let Some(step) = totp_verify(&secret, code, now, last as u64) else {
+            return Err(ApiError::new("bad_totp", "wrong code / code erroné"));
+        };
+        let _w = self.writer.lock().await;
+        let mut tx = self.db.begin().await?;
+        self.db
+            .q("UPDATE users SET totp_enabled = 1, totp_last_step = ? WHERE id = ?")
+            .bind(step as i64)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.db
+            .q("UPDATE sessions SET mfa = 1 WHERE id = ?")
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+        crate::audit::record(
+            &self.db,
+            &mut tx,
+            now,
+            actor,
+            crate::audit::Change {
+                org_id: None,
+                action: "totp.enable",
+                target: format!("user {}", actor.label()),
+                before: None,
+                after: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -134,9 +134,35 @@ impl Drop for Running {
 
 /// Binds and serves the API.
 pub async fn serve(control: Arc<Control>, addr: SocketAddr) -> std::io::Result<Running> {
+    let app = api::router(control);
+    serve_app(app, addr).await
+}
+
+/// Binds and serves the API together with other routes (the extranet); `fallback` answers
+/// what neither knows outside `/api` and `/edge`.
+pub async fn serve_with<F, T>(
+    control: Arc<Control>,
+    addr: SocketAddr,
+    web: axum::Router,
+    fallback: F,
+) -> std::io::Result<Running>
+where
+    F: axum::handler::Handler<T, ()>,
+    T: 'static,
+{
+    let api_fallback = axum::Router::new()
+        .route("/api/{*rest}", axum::routing::any(api::no_route))
+        .route("/edge/{*rest}", axum::routing::any(api::no_route));
+    let app = api::routes(control)
+        .merge(api_fallback)
+        .merge(web)
+        .fallback(fallback);
+    serve_app(app, addr).await
+}
+
+async fn serve_app(app: axum::Router, addr: SocketAddr) -> std::io::Result<Running> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let app = api::router(control);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let r = axum::serve(

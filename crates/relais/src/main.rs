@@ -277,7 +277,13 @@ async fn run(cmd: Command) -> Result<()> {
             {
                 print_first_run(&first);
             }
-            let running = relais_control::serve(ctl, listen).await?;
+            let running = relais_control::serve_with(
+                ctl.clone(),
+                listen,
+                relais_extranet::router(ctl),
+                relais_extranet::not_found,
+            )
+            .await?;
             tracing::info!(addr = %running.addr, "control plane listening");
             shutdown_signal().await;
             running.shutdown().await;
@@ -338,7 +344,13 @@ async fn run(cmd: Command) -> Result<()> {
                     .await
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             let token = ctl.local_edge_token("local").await?;
-            let running = relais_control::serve(ctl, control_listen).await?;
+            let running = relais_control::serve_with(
+                ctl.clone(),
+                control_listen,
+                relais_extranet::router(ctl),
+                relais_extranet::not_found,
+            )
+            .await?;
             tracing::info!(addr = %running.addr, "control plane listening");
             let opts = relais_edge::follow::FollowOptions {
                 control: format!("http://{}", running.addr),
@@ -352,7 +364,7 @@ async fn run(cmd: Command) -> Result<()> {
                 print_first_run(first);
             }
             println!(
-                "Relais is serving the demo site at http://localhost:{}/\n  control plane API: http://{}/api/v1 (OpenAPI: /api/openapi.json)\n  edge admin: http://{admin}/metrics",
+                "Relais is serving the demo site at http://localhost:{}/\n  extranet: http://{}/ (API: /api/v1, OpenAPI: /api/openapi.json)\n  edge admin: http://{admin}/metrics",
                 listen.port(),
                 running.addr
             );
