@@ -42,6 +42,7 @@ pub fn router_pages(ctl: Arc<Control>) -> Router {
         .route("/sites/{id}/rules/{index}/delete", post(delete_rule))
         .route("/purges/{id}", get(receipt))
         .route("/orgs/{id}/audit", get(audit_page))
+        .route("/orgs/{id}/sites", post(create_site))
         .route("/static/app.css", get(css))
         .route("/static/receipt.js", get(js))
         .with_state(ctl)
@@ -391,6 +392,12 @@ struct DashboardTpl {
     orgs: Vec<(i64, String, bool)>,
     org_name: Option<String>,
     sites: Vec<SiteLine>,
+    can_create: bool,
+    error: Option<String>,
+    error_field: Option<String>,
+    form_name: String,
+    form_host: String,
+    form_origin: String,
 }
 
 fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
@@ -401,18 +408,29 @@ fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
         "added" => "rules.added",
         "deleted" => "rules.deleted",
         "totp" => "totp.done",
+        "created" => "create.done",
         _ => return None,
     };
     Some(t.s(key))
 }
 
 async fn dashboard(State(st): St, u: WebUser, Query(q): Query<Fields>) -> Response {
+    dashboard_view(&st, &u, &q, None, &Fields::new()).await
+}
+
+async fn dashboard_view(
+    st: &Control,
+    u: &WebUser,
+    q: &Fields,
+    error: Option<ApiError>,
+    form: &Fields,
+) -> Response {
     let t = u.t;
     let ids = match st.visible_orgs(&u.actor).await {
         Ok(i) => i,
         Err(e) => return api_error(t, e),
     };
-    let mut orgs = vec![];
+    let mut orgs: Vec<(i64, String)> = vec![];
     for id in &ids {
         if let Ok(r) = st
             .db
@@ -427,7 +445,7 @@ async fn dashboard(State(st): St, u: WebUser, Query(q): Query<Fields>) -> Respon
             ));
         }
     }
-    let org = field(&q, "org")
+    let org = field(q, "org")
         .parse::<i64>()
         .ok()
         .filter(|o| ids.contains(o))
@@ -471,9 +489,18 @@ async fn dashboard(State(st): St, u: WebUser, Query(q): Query<Fields>) -> Respon
             });
         }
     }
-    let mut p = Page::of(&u, t.s("dash.title"), org);
-    p.flash = flash(t, &q);
-    render(&DashboardTpl {
+    let can_create = match org {
+        Some(o) => st.check(&u.actor, o, Perm::Config).await.is_ok(),
+        None => false,
+    };
+    let mut p = Page::of(u, t.s("dash.title"), org);
+    p.flash = flash(t, q);
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let mut r = render(&DashboardTpl {
         p,
         orgs: orgs
             .into_iter()
@@ -481,7 +508,46 @@ async fn dashboard(State(st): St, u: WebUser, Query(q): Query<Fields>) -> Respon
             .collect(),
         org_name,
         sites,
-    })
+        can_create,
+        error_field: error.as_ref().and_then(|e| e.field.clone()),
+        error: error.map(|e| e.message),
+        form_name: field(form, "name").to_owned(),
+        form_host: field(form, "host").to_owned(),
+        form_origin: field(form, "origin").to_owned(),
+    });
+    *r.status_mut() = status;
+    r
+}
+
+async fn create_site(
+    State(st): St,
+    u: WebUser,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let Ok(org) = id.parse::<i64>() else {
+        return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
+    };
+    if let Err(e) = st.check(&u.actor, org, Perm::Config).await {
+        return api_error(u.t, e);
+    }
+    let doc = serde_json::json!({
+        "name": field(&f, "name").trim(),
+        "hosts": [field(&f, "host").trim()],
+        "origin": [{"url": field(&f, "origin").trim()}],
+    });
+    let mut q = Fields::new();
+    q.insert("org".into(), org.to_string());
+    match st.create_site(&u.actor, org, doc).await {
+        Ok(site) => Redirect::to(&format!("/sites/{}?ok=created", site.id)).into_response(),
+        Err(e) if e.code == "invalid" || e.code == "conflict" => {
+            dashboard_view(&st, &u, &q, Some(e), &f).await
+        }
+        Err(e) => api_error(u.t, e),
+    }
 }
 
 fn join(v: &Value) -> String {

@@ -392,6 +392,13 @@ async fn viewers_see_no_controls_and_forged_posts_are_refused() {
         .await;
     assert_eq!(r.status, 403);
     assert!(r.body.contains("Votre rôle ne permet pas"));
+    assert!(
+        !viewer
+            .get("/")
+            .await
+            .body
+            .contains("action=\"/orgs/1/sites\"")
+    );
     // The viewer cannot read the journal.
     assert_eq!(viewer.get("/orgs/1/audit").await.status, 403);
     // The editor sees the controls; a post without the CSRF token changes nothing.
@@ -457,6 +464,43 @@ async fn editor_flows_mode_purge_rules_publish_rollback_audit() {
     assert!(p.body.contains("Organisation de démonstration"));
     assert!(p.body.contains("<a href=\"/sites/1\">demo</a>"));
     let csrf = p.csrf();
+    // Create a site: a bad origin is shown on the form (values kept), a good one is created.
+    assert!(p.body.contains("action=\"/orgs/1/sites\""));
+    let r = ed
+        .post(
+            "/orgs/1/sites",
+            &[
+                ("_csrf", &csrf),
+                ("name", "mairie"),
+                ("host", "www.mairie.test"),
+                ("origin", "ftp://x"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.body.contains("<code>site.origin[0].url</code>")
+            && r.body.contains("value=\"www.mairie.test\""),
+        "{}",
+        r.body
+    );
+    let r = ed
+        .post(
+            "/orgs/1/sites",
+            &[
+                ("_csrf", &csrf),
+                ("name", "mairie"),
+                ("host", "www.mairie.test"),
+                ("origin", "https://origine.mairie.test"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let created = ed.get(r.location()).await;
+    assert!(
+        created.body.contains("Site créé en brouillon")
+            && created.body.contains("mairie.staging.localhost")
+    );
     // Mode switch: refused without the confirmation, applied with it.
     let r = ed
         .post(
