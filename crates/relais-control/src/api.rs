@@ -21,12 +21,11 @@ use serde_json::{Value, json};
 
 use crate::Control;
 use crate::audit::{self, Change};
-use crate::auth::{
-    self, Actor, Perm, ROLES, SCOPES, Who, hash_password, millis, new_token, sha256_hex,
-};
+use crate::auth::{self, Actor, Perm, Who, millis};
 use crate::db::col;
 use crate::edges::PurgeRequest;
 use crate::error::{ApiError, ApiResult};
+use crate::members::{MemberBody, TokenBody};
 use crate::sites::{self, SiteRow};
 
 type St = State<Arc<Control>>;
@@ -449,39 +448,7 @@ async fn list_members(
     actor: Actor,
     Path(oid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let oid = id(&oid)?;
-    st.check(&actor, oid, Perm::Admin).await?;
-    let rows = st
-        .db
-        .q("SELECT u.id, u.email, u.name, u.totp_enabled, m.role FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.org_id = ? ORDER BY u.email")
-        .bind(oid)
-        .fetch_all(&st.db.pool)
-        .await?;
-    let list: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            Ok(json!({
-                "user_id": col::<i64>(r, "id")?,
-                "email": col::<String>(r, "email")?,
-                "name": col::<String>(r, "name")?,
-                "role": col::<String>(r, "role")?,
-                "totp_enabled": col::<i64>(r, "totp_enabled")? != 0,
-            }))
-        })
-        .collect::<ApiResult<_>>()?;
-    Ok(Json(json!({ "members": list })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MemberBody {
-    email: String,
-    role: String,
-    /// For a person without an account yet.
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    password: Option<String>,
+    Ok(Json(st.members(&actor, id(&oid)?).await?))
 }
 
 async fn set_member(
@@ -490,89 +457,7 @@ async fn set_member(
     Path(oid): Path<String>,
     JsonBody(b): JsonBody<MemberBody>,
 ) -> ApiResult<Json<Value>> {
-    let oid = id(&oid)?;
-    st.check(&actor, oid, Perm::Admin).await?;
-    actor.require_user()?;
-    if !ROLES.contains(&b.role.as_str()) {
-        return Err(ApiError::invalid("role", "one of admin, editor, viewer"));
-    }
-    let email = b.email.trim().to_ascii_lowercase();
-    if !email.contains('@') || email.len() > 254 || email.contains(char::is_whitespace) {
-        return Err(ApiError::invalid("email", "an e-mail address"));
-    }
-    let existing = st
-        .db
-        .q("SELECT id FROM users WHERE email = ?")
-        .bind(email.clone())
-        .fetch_optional(&st.db.pool)
-        .await?;
-    let new_hash = if existing.is_none() {
-        let pw = b.password.clone().ok_or_else(|| {
-            ApiError::invalid("password", "required for a person without an account")
-        })?;
-        auth::check_password_policy(&pw)?;
-        Some(
-            tokio::task::spawn_blocking(move || hash_password(&pw))
-                .await
-                .map_err(|_| ApiError::new("internal", "internal error"))??,
-        )
-    } else {
-        None
-    };
-    let _w = st.writer.lock().await;
-    let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
-    let uid: i64 = match (existing, new_hash) {
-        (Some(r), _) => col(&r, "id")?,
-        (None, Some(h)) => {
-            let name = b.name.clone().unwrap_or_else(|| email.clone());
-            let r = st
-                .db
-                .q("INSERT INTO users (email, name, password_hash, created_at) VALUES (?, ?, ?, ?) RETURNING id")
-                .bind(email.clone())
-                .bind(name)
-                .bind(h)
-                .bind(millis(now))
-                .fetch_one(&mut *tx)
-                .await?;
-            col(&r, "id")?
-        }
-        (None, None) => return Err(ApiError::new("internal", "internal error")),
-    };
-    let before = st
-        .db
-        .q("SELECT role FROM memberships WHERE user_id = ? AND org_id = ?")
-        .bind(uid)
-        .bind(oid)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| col::<String>(&r, "role"))
-        .transpose()?;
-    st.db
-        .q("INSERT INTO memberships (user_id, org_id, role) VALUES (?, ?, ?) ON CONFLICT (user_id, org_id) DO UPDATE SET role = excluded.role")
-        .bind(uid)
-        .bind(oid)
-        .bind(b.role.clone())
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &st.db,
-        &mut tx,
-        now,
-        &actor,
-        Change {
-            org_id: Some(oid),
-            action: "member.set",
-            target: format!("user {email} in org #{oid}"),
-            before: before.map(|r| json!({"role": r})),
-            after: Some(json!({"role": b.role})),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(
-        json!({"user_id": uid, "email": email, "role": b.role}),
-    ))
+    Ok(Json(st.set_member(&actor, id(&oid)?, b).await?))
 }
 
 async fn remove_member(
@@ -580,35 +465,7 @@ async fn remove_member(
     actor: Actor,
     Path((oid, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let oid = id(&oid)?;
-    let uid = id(&user)?;
-    st.check(&actor, oid, Perm::Admin).await?;
-    let _w = st.writer.lock().await;
-    let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
-    let r = st
-        .db
-        .q("DELETE FROM memberships WHERE user_id = ? AND org_id = ? RETURNING role")
-        .bind(uid)
-        .bind(oid)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    audit::record(
-        &st.db,
-        &mut tx,
-        now,
-        &actor,
-        Change {
-            org_id: Some(oid),
-            action: "member.remove",
-            target: format!("user #{uid} in org #{oid}"),
-            before: Some(json!({"role": col::<String>(&r, "role")?})),
-            after: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    st.remove_member(&actor, id(&oid)?, id(&user)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -617,40 +474,7 @@ async fn list_tokens(
     actor: Actor,
     Path(oid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let oid = id(&oid)?;
-    st.check(&actor, oid, Perm::Admin).await?;
-    let rows = st
-        .db
-        .q("SELECT id, name, scope, prefix, created_by, created_at, expires_at, revoked_at, last_used_at FROM api_tokens WHERE org_id = ? ORDER BY id")
-        .bind(oid)
-        .fetch_all(&st.db.pool)
-        .await?;
-    let list: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            Ok(json!({
-                "id": col::<i64>(r, "id")?,
-                "name": col::<String>(r, "name")?,
-                "scope": col::<String>(r, "scope")?,
-                "prefix": col::<String>(r, "prefix")?,
-                "created_by": col::<String>(r, "created_by")?,
-                "created_at": col::<i64>(r, "created_at")?,
-                "expires_at": col::<Option<i64>>(r, "expires_at")?,
-                "revoked_at": col::<Option<i64>>(r, "revoked_at")?,
-                "last_used_at": col::<Option<i64>>(r, "last_used_at")?,
-            }))
-        })
-        .collect::<ApiResult<_>>()?;
-    Ok(Json(json!({ "tokens": list })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    name: String,
-    scope: String,
-    #[serde(default)]
-    expires_in_days: Option<u32>,
+    Ok(Json(st.tokens(&actor, id(&oid)?).await?))
 }
 
 async fn create_token(
@@ -659,62 +483,9 @@ async fn create_token(
     Path(oid): Path<String>,
     JsonBody(b): JsonBody<TokenBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let oid = id(&oid)?;
-    st.check(&actor, oid, Perm::Admin).await?;
-    actor.require_user()?;
-    if !SCOPES.contains(&b.scope.as_str()) {
-        return Err(ApiError::invalid("scope", "one of read, purge, config"));
-    }
-    let name = b.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::invalid("name", "1 to 100 characters"));
-    }
-    if b.expires_in_days.is_some_and(|d| d == 0 || d > 3660) {
-        return Err(ApiError::invalid("expires_in_days", "1 to 3660"));
-    }
-    let token = new_token("rls_");
-    let now = st.clock.now();
-    let expires = b
-        .expires_in_days
-        .map(|d| millis(now) + d as i64 * 86_400_000);
-    let _w = st.writer.lock().await;
-    let mut tx = st.db.begin().await?;
-    let r = st
-        .db
-        .q("INSERT INTO api_tokens (org_id, name, scope, token_hash, prefix, created_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id")
-        .bind(oid)
-        .bind(name.clone())
-        .bind(b.scope.clone())
-        .bind(sha256_hex(token.as_bytes()))
-        .bind(token[..12].to_owned())
-        .bind(actor.label())
-        .bind(millis(now))
-        .bind(expires)
-        .fetch_one(&mut *tx)
-        .await?;
-    let tid: i64 = col(&r, "id")?;
-    audit::record(
-        &st.db,
-        &mut tx,
-        now,
-        &actor,
-        Change {
-            org_id: Some(oid),
-            action: "token.create",
-            target: format!("token {name} (#{tid})"),
-            before: None,
-            after: Some(json!({"name": name, "scope": b.scope, "expires_at": expires})),
-        },
-    )
-    .await?;
-    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "id": tid, "name": name, "scope": b.scope, "expires_at": expires,
-            "token": token,
-            "note": "shown once: store it now / affiché une seule fois : conservez-le",
-        })),
+        Json(st.create_token(&actor, id(&oid)?, b).await?),
     ))
 }
 
@@ -723,39 +494,7 @@ async fn revoke_token(
     actor: Actor,
     Path((oid, tid)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let oid = id(&oid)?;
-    let tid = id(&tid)?;
-    st.check(&actor, oid, Perm::Admin).await?;
-    let _w = st.writer.lock().await;
-    let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
-    let n = st
-        .db
-        .q("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND org_id = ? AND revoked_at IS NULL")
-        .bind(millis(now))
-        .bind(tid)
-        .bind(oid)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(ApiError::not_found());
-    }
-    audit::record(
-        &st.db,
-        &mut tx,
-        now,
-        &actor,
-        Change {
-            org_id: Some(oid),
-            action: "token.revoke",
-            target: format!("token #{tid}"),
-            before: None,
-            after: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    st.revoke_token(&actor, id(&oid)?, id(&tid)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -20,6 +20,7 @@ pub mod db;
 pub mod definition;
 pub mod edges;
 pub mod error;
+pub mod members;
 pub mod openapi;
 pub mod sites;
 
