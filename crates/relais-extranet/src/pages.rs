@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use relais_control::auth::{Perm, client_ip, session_cookie};
 use relais_control::edges::PurgeRequest;
 use relais_control::error::ApiError;
+use relais_control::members::{MemberBody, TokenBody};
 use relais_control::sites::SiteRow;
 use relais_control::{Control, audit};
 use relais_edge::config::{FileRule, FileSite};
@@ -43,6 +44,10 @@ pub fn router_pages(ctl: Arc<Control>) -> Router {
         .route("/purges/{id}", get(receipt))
         .route("/orgs/{id}/audit", get(audit_page))
         .route("/orgs/{id}/sites", post(create_site))
+        .route("/orgs/{id}/people", get(people_page).post(set_member))
+        .route("/orgs/{id}/people/{user}/remove", post(remove_member))
+        .route("/orgs/{id}/tokens", post(create_token))
+        .route("/orgs/{id}/tokens/{token}/revoke", post(revoke_token))
         .route("/static/app.css", get(css))
         .route("/static/receipt.js", get(js))
         .with_state(ctl)
@@ -409,6 +414,9 @@ fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
         "deleted" => "rules.deleted",
         "totp" => "totp.done",
         "created" => "create.done",
+        "member" => "people.saved",
+        "removed" => "people.removed",
+        "revoked" => "tokens.revoked_done",
         _ => return None,
     };
     Some(t.s(key))
@@ -1315,5 +1323,242 @@ mod tests {
     fn csrf_differs_per_session() {
         assert_ne!(crate::csrf_for("rss_a"), crate::csrf_for("rss_b"));
         assert_eq!(crate::csrf_for("rss_a").len(), 64);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// People and tokens
+// ---------------------------------------------------------------------------------------------
+
+struct MemberLine {
+    id: i64,
+    email: String,
+    name: String,
+    role: String,
+    totp: bool,
+}
+
+struct TokenLine {
+    id: i64,
+    name: String,
+    prefix: String,
+    scope: String,
+    expires: String,
+    last_used: String,
+    active: bool,
+}
+
+#[derive(Template)]
+#[template(path = "people.html")]
+struct PeopleTpl {
+    p: Page,
+    org_id: i64,
+    org_name: String,
+    members: Vec<MemberLine>,
+    tokens: Vec<TokenLine>,
+    new_token: Option<String>,
+    error: Option<String>,
+    error_field: Option<String>,
+}
+
+fn org_id(u: &WebUser, id: &str) -> Result<i64, Response> {
+    id.parse::<i64>()
+        .map_err(|_| error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found")))
+}
+
+async fn people_view(
+    st: &Control,
+    u: &WebUser,
+    org: i64,
+    q: &Fields,
+    new_token: Option<String>,
+    error: Option<ApiError>,
+) -> Response {
+    let t = u.t;
+    let members = match st.members(&u.actor, org).await {
+        Ok(m) => m,
+        Err(e) => return api_error(t, e),
+    };
+    let tokens = match st.tokens(&u.actor, org).await {
+        Ok(m) => m,
+        Err(e) => return api_error(t, e),
+    };
+    let org_name = match st
+        .db
+        .q("SELECT name FROM orgs WHERE id = ?")
+        .bind(org)
+        .fetch_one(&st.db.pool)
+        .await
+    {
+        Ok(r) => sqlx::Row::try_get::<String, _>(&r, "name").unwrap_or_default(),
+        Err(e) => return api_error(t, e.into()),
+    };
+    let date = |v: &Value| {
+        v.as_i64()
+            .map(when)
+            .unwrap_or_else(|| t.s("tokens.never").into())
+    };
+    let mut p = Page::of(u, t.s("people.title"), Some(org));
+    p.flash = flash(t, q);
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let mut r = render(&PeopleTpl {
+        p,
+        org_id: org,
+        org_name,
+        members: members["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| MemberLine {
+                id: m["user_id"].as_i64().unwrap_or(0),
+                email: m["email"].as_str().unwrap_or("").into(),
+                name: m["name"].as_str().unwrap_or("").into(),
+                role: m["role"].as_str().unwrap_or("").into(),
+                totp: m["totp_enabled"] == true,
+            })
+            .collect(),
+        tokens: tokens["tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|k| TokenLine {
+                id: k["id"].as_i64().unwrap_or(0),
+                name: k["name"].as_str().unwrap_or("").into(),
+                prefix: k["prefix"].as_str().unwrap_or("").into(),
+                scope: k["scope"].as_str().unwrap_or("").into(),
+                expires: date(&k["expires_at"]),
+                last_used: date(&k["last_used_at"]),
+                active: k["revoked_at"].is_null(),
+            })
+            .collect(),
+        new_token,
+        error_field: error.as_ref().and_then(|e| e.field.clone()),
+        error: error.map(|e| e.message),
+    });
+    *r.status_mut() = status;
+    r
+}
+
+async fn people_page(
+    State(st): St,
+    u: WebUser,
+    Path(id): Path<String>,
+    Query(q): Query<Fields>,
+) -> Response {
+    match org_id(&u, &id) {
+        Ok(o) => people_view(&st, &u, o, &q, None, None).await,
+        Err(r) => r,
+    }
+}
+
+async fn set_member(
+    State(st): St,
+    u: WebUser,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let org = match org_id(&u, &id) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let opt = |k: &str| Some(field(&f, k).to_owned()).filter(|v| !v.is_empty());
+    let b = MemberBody {
+        email: field(&f, "email").to_owned(),
+        role: field(&f, "role").to_owned(),
+        name: opt("name"),
+        password: opt("password"),
+    };
+    match st.set_member(&u.actor, org, b).await {
+        Ok(_) => Redirect::to(&format!("/orgs/{org}/people?ok=member")).into_response(),
+        Err(e) if e.code == "invalid" || e.code == "conflict" => {
+            people_view(&st, &u, org, &Fields::new(), None, Some(e)).await
+        }
+        Err(e) => api_error(u.t, e),
+    }
+}
+
+async fn remove_member(
+    State(st): St,
+    u: WebUser,
+    Path((id, user)): Path<(String, String)>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let (Ok(org), Ok(uid)) = (id.parse::<i64>(), user.parse::<i64>()) else {
+        return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
+    };
+    match st.remove_member(&u.actor, org, uid).await {
+        Ok(()) => Redirect::to(&format!("/orgs/{org}/people?ok=removed")).into_response(),
+        Err(e) => api_error(u.t, e),
+    }
+}
+
+async fn create_token(
+    State(st): St,
+    u: WebUser,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let org = match org_id(&u, &id) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let days = field(&f, "days").trim();
+    let expires_in_days = if days.is_empty() {
+        None
+    } else {
+        match days.parse::<u32>() {
+            Ok(d) => Some(d),
+            Err(_) => {
+                let e = ApiError::invalid("expires_in_days", "1 to 3660");
+                return people_view(&st, &u, org, &Fields::new(), None, Some(e)).await;
+            }
+        }
+    };
+    let b = TokenBody {
+        name: field(&f, "name").to_owned(),
+        scope: field(&f, "scope").to_owned(),
+        expires_in_days,
+    };
+    match st.create_token(&u.actor, org, b).await {
+        // Shown once, on this response only (never in a URL).
+        Ok(v) => {
+            let token = v["token"].as_str().map(str::to_owned);
+            people_view(&st, &u, org, &Fields::new(), token, None).await
+        }
+        Err(e) if e.code == "invalid" => {
+            people_view(&st, &u, org, &Fields::new(), None, Some(e)).await
+        }
+        Err(e) => api_error(u.t, e),
+    }
+}
+
+async fn revoke_token(
+    State(st): St,
+    u: WebUser,
+    Path((id, token)): Path<(String, String)>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let (Ok(org), Ok(tid)) = (id.parse::<i64>(), token.parse::<i64>()) else {
+        return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
+    };
+    match st.revoke_token(&u.actor, org, tid).await {
+        Ok(()) => Redirect::to(&format!("/orgs/{org}/people?ok=revoked")).into_response(),
+        Err(e) => api_error(u.t, e),
     }
 }

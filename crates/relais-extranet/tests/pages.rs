@@ -660,3 +660,156 @@ async fn editor_flows_mode_purge_rules_publish_rollback_audit() {
     assert!(!a.body.contains("<td>purge</td>"), "the filter was ignored");
     assert!(a.body.contains("format=csv"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_admins_manage_people_and_tokens() {
+    let h = H::new().await;
+    let admin = h.admin_api().await;
+    let chef = h.person(&admin, "chef@demo.localhost", "admin").await;
+    let viewer = h.person(&admin, "lecteur@demo.localhost", "viewer").await;
+    assert_eq!(viewer.get("/orgs/1/people").await.status, 403);
+    let p = chef.get("/orgs/1/people").await;
+    assert_eq!(p.status, 200);
+    assert!(
+        p.body.contains("lecteur@demo.localhost") && p.body.contains("webmestre@demo.localhost")
+    );
+    let csrf = p.csrf();
+    // A new person needs an initial password; the error names the field.
+    let r = chef
+        .post(
+            "/orgs/1/people",
+            &[
+                ("_csrf", &csrf),
+                ("email", "nouveau@demo.localhost"),
+                ("role", "editor"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("<code>password</code>"), "{}", r.body);
+    let r = chef
+        .post(
+            "/orgs/1/people",
+            &[
+                ("_csrf", &csrf),
+                ("email", "nouveau@demo.localhost"),
+                ("role", "editor"),
+                ("password", "un mot de passe solide"),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/orgs/1/people?ok=member");
+    // Promote the viewer.
+    let r = chef
+        .post(
+            "/orgs/1/people",
+            &[
+                ("_csrf", &csrf),
+                ("email", "lecteur@demo.localhost"),
+                ("role", "editor"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert!(
+        viewer
+            .get("/sites/1")
+            .await
+            .body
+            .contains("action=\"/sites/1/purge\""),
+        "the new role applies at once"
+    );
+    // A purge token: shown once, works on the API, then revoked.
+    let r = chef
+        .post(
+            "/orgs/1/tokens",
+            &[
+                ("_csrf", &csrf),
+                ("name", "CMS"),
+                ("scope", "purge"),
+                ("days", "30"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let i = r
+        .body
+        .find("id=\"new-token\" class=\"wrap\">")
+        .expect("token shown")
+        + "id=\"new-token\" class=\"wrap\">".len();
+    let token = r.body[i..].split('<').next().expect("token").to_owned();
+    assert!(token.starts_with("rls_"));
+    let again = chef.get("/orgs/1/people").await;
+    assert!(!again.body.contains(&token), "the secret was shown twice");
+    let receipt = h
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/sites/1/purges",
+            &token,
+            json!({"kind": "all"}),
+        )
+        .await;
+    assert!(receipt["id"].is_i64(), "{receipt}");
+    let tid = h
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/orgs/1/tokens",
+            &admin,
+            Value::Null,
+        )
+        .await["tokens"][0]["id"]
+        .as_i64()
+        .expect("id");
+    let r = chef
+        .post(&format!("/orgs/1/tokens/{tid}/revoke"), &[("_csrf", &csrf)])
+        .await;
+    assert_eq!(r.location(), "/orgs/1/people?ok=revoked");
+    let refused = h
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/sites/1/purges",
+            &token,
+            json!({"kind": "all"}),
+        )
+        .await;
+    assert_eq!(refused["code"], "unauthenticated");
+    // Remove a person.
+    let uid = h
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/orgs/1/members",
+            &admin,
+            Value::Null,
+        )
+        .await["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["email"] == "nouveau@demo.localhost")
+        .expect("member")["user_id"]
+        .as_i64()
+        .expect("id");
+    let r = chef
+        .post(&format!("/orgs/1/people/{uid}/remove"), &[("_csrf", &csrf)])
+        .await;
+    assert_eq!(r.location(), "/orgs/1/people?ok=removed");
+    assert!(
+        !chef
+            .get("/orgs/1/people")
+            .await
+            .body
+            .contains("nouveau@demo.localhost")
+    );
+    // Without the CSRF token nothing happens.
+    let r = chef
+        .post(
+            "/orgs/1/people",
+            &[
+                ("email", "x@demo.localhost"),
+                ("role", "admin"),
+                ("password", "un mot de passe solide"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+}
