@@ -34,7 +34,8 @@ pub struct Db {
 pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// Migrations, oldest first. `{ID}` is an auto-increment primary key, `{INT}` a 64-bit integer.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE orgs (
     id {ID},
     parent_id {INT} REFERENCES orgs(id),
@@ -165,7 +166,11 @@ CREATE TABLE settings (
     name TEXT NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE edges ADD COLUMN origins_down TEXT NOT NULL DEFAULT '[]';
+"#,
+];
 
 impl Db {
     /// Connects (creating an SQLite file if needed) and applies pending migrations.

@@ -206,9 +206,31 @@ impl Control {
                     "purges_behind": (heads.purge_seq - purge_seq).max(0),
                     "vouched": col::<i64>(r, "vouched")? != 0,
                     "config_error": col::<Option<String>>(r, "config_error")?,
+                    "origins_down": serde_json::from_str::<Value>(&col::<String>(r, "origins_down")?).unwrap_or(json!([])),
                 }))
             })
             .collect()
+    }
+
+    /// Origins of a site that some edge reports down: (edge, origin).
+    pub async fn site_health(&self, site: &str) -> ApiResult<Vec<(String, String)>> {
+        let rows = self
+            .db
+            .q("SELECT name, origins_down FROM edges ORDER BY id")
+            .fetch_all(&self.db.pool)
+            .await?;
+        let mut out = vec![];
+        for r in rows {
+            let edge: String = col(&r, "name")?;
+            let down: Vec<(String, String)> =
+                serde_json::from_str(&col::<String>(&r, "origins_down")?).unwrap_or_default();
+            for (s, o) in down {
+                if s == site {
+                    out.push((edge.clone(), o));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Records a purge and returns its sequence number (committed before this returns).
@@ -392,13 +414,14 @@ impl Control {
                 .await?;
         }
         self.db
-            .q("UPDATE edges SET last_seen_at = ?, purge_seq = ?, config_seq = ?, vouched = ?, config_error = ?, listen = ? WHERE id = ?")
+            .q("UPDATE edges SET last_seen_at = ?, purge_seq = ?, config_seq = ?, vouched = ?, config_error = ?, listen = ?, origins_down = ? WHERE id = ?")
             .bind(now)
             .bind(new.max(old))
             .bind(ack.config_seq as i64)
             .bind(ack.vouched as i64)
             .bind(ack.config_error.clone())
             .bind(serde_json::to_string(&ack.listen).unwrap_or_else(|_| "[]".into()))
+            .bind(serde_json::to_string(&ack.origins_down).unwrap_or_else(|_| "[]".into()))
             .bind(edge.id)
             .execute(&mut *tx)
             .await?;

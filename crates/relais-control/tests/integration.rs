@@ -1465,3 +1465,37 @@ async fn an_edge_without_news_revalidates_instead_of_trusting_its_cache(kind: Ki
     );
 }
 both!(an_edge_without_news_revalidates_instead_of_trusting_its_cache);
+
+async fn edges_report_origins_that_are_down(kind: Kind) {
+    let Some(h) = H::new(kind).await else { return };
+    let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "no-store")).await;
+    let o = h.org("org-o", None, &h.admin).await;
+    h.site(o, "sante", "sante.test", &origin.url()).await;
+    let e = start_edge(&h, "e", Duration::from_secs(3)).await;
+    assert!(
+        until(Duration::from_secs(5), || async {
+            fetch(e.addr, "sante.test", "/").await.0 == 200
+        })
+        .await
+    );
+    let down = || async {
+        h.get("/api/v1/edges", &h.admin).await.body["edges"][0]["origins_down"].clone()
+    };
+    assert_eq!(down().await, json!([]));
+    // The origin stops: refused connections open the breaker; the edge reports it.
+    origin.stop();
+    for _ in 0..5 {
+        fetch(e.addr, "sante.test", "/").await;
+    }
+    assert!(
+        until(Duration::from_secs(5), || async {
+            down()
+                .await
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p[0] == "sante"))
+        })
+        .await
+    );
+    assert_eq!(h.ctl.site_health("sante").await.expect("health")[0].0, "e");
+}
+both!(edges_report_origins_that_are_down);

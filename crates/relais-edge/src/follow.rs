@@ -141,6 +141,7 @@ pub fn spawn(edge: Arc<Edge>, opts: FollowOptions) -> Result<FollowHandle, Strin
         config_error: None,
         vouched: false,
         listen: opts.listen.clone(),
+        origins_down: vec![],
     });
     let f = Arc::new(Follower {
         edge,
@@ -376,6 +377,29 @@ impl Follower {
         }
     }
 
+    /// Reports origins that went down or came back.
+    fn check_origins(&self) {
+        let snap = self.edge.snapshot();
+        let mut down: Vec<(String, String)> = snap
+            .sites
+            .iter()
+            .flat_map(|s| {
+                s.origins
+                    .iter()
+                    .filter(|o| !o.is_available())
+                    .map(move |o| (s.site.name.clone(), o.name.clone()))
+            })
+            .collect();
+        down.sort();
+        self.ack.send_if_modified(|a| {
+            let changed = a.origins_down != down;
+            if changed {
+                a.origins_down = down;
+            }
+            changed
+        });
+    }
+
     fn check_vouched(&self) {
         let ping = self.last_ping.lock().ok().and_then(|l| *l);
         let v = self.connected.load(Ordering::SeqCst)
@@ -395,6 +419,7 @@ impl Follower {
         loop {
             tick.tick().await;
             self.check_vouched();
+            self.check_origins();
         }
     }
 

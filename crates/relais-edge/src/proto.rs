@@ -73,6 +73,9 @@ pub struct Ack {
     /// The addresses this edge serves on (for the site definition document).
     #[serde(default)]
     pub listen: Vec<String>,
+    /// Origins this edge currently considers down, as `site origin` pairs.
+    #[serde(default)]
+    pub origins_down: Vec<(String, String)>,
 }
 
 /// The state an edge keeps on disk: the last good configuration it received and how far it got

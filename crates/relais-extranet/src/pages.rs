@@ -39,6 +39,11 @@ pub fn router_pages(ctl: Arc<Control>) -> Router {
         .route("/sites/{id}/purge", post(purge))
         .route("/sites/{id}/publish", post(publish))
         .route("/sites/{id}/rollback", post(rollback))
+        .route("/sites/{id}/schedules", post(add_schedule))
+        .route(
+            "/sites/{id}/schedules/{index}/delete",
+            post(delete_schedule),
+        )
         .route("/sites/{id}/rules", get(rules_page).post(add_rule))
         .route("/sites/{id}/rules/{index}/delete", post(delete_rule))
         .route("/purges/{id}", get(receipt))
@@ -388,6 +393,8 @@ struct SiteLine {
     mode_label: &'static str,
     version: Option<i64>,
     draft_pending: bool,
+    /// (edge, origin) pairs reported down.
+    health: Vec<(String, String)>,
 }
 
 #[derive(Template)]
@@ -395,6 +402,8 @@ struct SiteLine {
 struct DashboardTpl {
     p: Page,
     orgs: Vec<(i64, String, bool)>,
+    /// Every organisation with its number of sites (shown to those who see several).
+    all_orgs: Vec<(i64, String, i64)>,
     org_name: Option<String>,
     sites: Vec<SiteLine>,
     can_create: bool,
@@ -417,6 +426,7 @@ fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
         "member" => "people.saved",
         "removed" => "people.removed",
         "revoked" => "tokens.revoked_done",
+        "scheduled" => "sched.done",
         _ => return None,
     };
     Some(t.s(key))
@@ -494,7 +504,24 @@ async fn dashboard_view(
                 mode,
                 version: s.published_version,
                 draft_pending: j["draft_differs"].as_bool().unwrap_or(false),
+                health: st.site_health(&s.name).await.unwrap_or_default(),
             });
+        }
+    }
+    let mut all_orgs = vec![];
+    if orgs.len() > 1 {
+        for (id, name) in &orgs {
+            let n = match st
+                .db
+                .q("SELECT COUNT(*) AS n FROM sites WHERE org_id = ? AND deleted_at IS NULL")
+                .bind(*id)
+                .fetch_one(&st.db.pool)
+                .await
+            {
+                Ok(r) => sqlx::Row::try_get::<i64, _>(&r, "n").unwrap_or(0),
+                Err(e) => return api_error(t, e.into()),
+            };
+            all_orgs.push((*id, name.clone(), n));
         }
     }
     let can_create = match org {
@@ -514,6 +541,7 @@ async fn dashboard_view(
             .into_iter()
             .map(|(id, name)| (id, name, Some(id) == org))
             .collect(),
+        all_orgs,
         org_name,
         sites,
         can_create,
@@ -594,6 +622,9 @@ struct SiteTpl {
     version: Option<i64>,
     origins: String,
     staging: String,
+    health: Vec<(String, String)>,
+    /// (index, mode label, start, end)
+    schedules: Vec<(usize, &'static str, String, String)>,
     can_config: bool,
     can_purge: bool,
     draft_differs: bool,
@@ -716,6 +747,13 @@ async fn site_view(
             .collect::<Vec<_>>()
             .join(", "),
         staging: j["staging_host"].as_str().unwrap_or("").to_owned(),
+        health: st.site_health(&site.name).await.unwrap_or_default(),
+        schedules: live
+            .schedules
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (i, mode_label(t, &x.mode), x.start.clone(), x.end.clone()))
+            .collect(),
         can_config,
         can_purge,
         draft_differs,
@@ -1561,4 +1599,102 @@ async fn revoke_token(
         Ok(()) => Redirect::to(&format!("/orgs/{org}/people?ok=revoked")).into_response(),
         Err(e) => api_error(u.t, e),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduled modes
+// ---------------------------------------------------------------------------------------------
+
+/// `2027-04-23T18:00` (a datetime-local field, read as UTC) → `2027-04-23T18:00:00Z`.
+fn utc_instant(v: &str) -> String {
+    let v = v.trim();
+    match v.len() {
+        16 => format!("{v}:00Z"),
+        19 => format!("{v}Z"),
+        _ => v.to_owned(),
+    }
+}
+
+async fn change_schedules(
+    st: &Control,
+    u: &WebUser,
+    id: &str,
+    f: &Fields,
+    change: impl Fn(&mut Vec<relais_edge::config::FileSchedule>) -> bool,
+) -> Response {
+    if let Err(r) = check_csrf(u, f) {
+        return r;
+    }
+    let (site, can_config, can_purge) = match load_site(st, u, id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if !can_config {
+        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
+    }
+    let mut current = match site.published_version {
+        Some(v) => match st.published_doc(site.id, v).await {
+            Ok(d) => d.schedules,
+            Err(e) => return api_error(u.t, e),
+        },
+        None => site.draft.schedules.clone(),
+    };
+    if !change(&mut current) {
+        return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
+    }
+    let n = current.len();
+    match st
+        .publish_change(
+            &u.actor,
+            &site,
+            "site.schedules",
+            format!("{n} schedule(s)"),
+            |d| d.schedules = current.clone(),
+        )
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/sites/{}?ok=scheduled", site.id)).into_response(),
+        Err(e) if e.code == "invalid" => {
+            site_view(st, u, &site, can_config, can_purge, &Fields::new(), Some(e)).await
+        }
+        Err(e) => api_error(u.t, e),
+    }
+}
+
+async fn add_schedule(
+    State(st): St,
+    u: WebUser,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let s = relais_edge::config::FileSchedule {
+        mode: field(&f, "mode").to_owned(),
+        start: utc_instant(field(&f, "start")),
+        end: utc_instant(field(&f, "end")),
+    };
+    change_schedules(&st, &u, &id, &f, |list| {
+        list.push(s.clone());
+        true
+    })
+    .await
+}
+
+async fn delete_schedule(
+    State(st): St,
+    u: WebUser,
+    Path((id, index)): Path<(String, String)>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let Ok(i) = index.parse::<usize>() else {
+        return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
+    };
+    change_schedules(&st, &u, &id, &f, |list| {
+        if i < list.len() {
+            list.remove(i);
+            true
+        } else {
+            false
+        }
+    })
+    .await
 }

@@ -501,6 +501,51 @@ async fn editor_flows_mode_purge_rules_publish_rollback_audit() {
         created.body.contains("Site créé en brouillon")
             && created.body.contains("mairie.staging.localhost")
     );
+    assert!(p.body.contains("Disponibles"), "origin health column");
+    // Scheduled modes: an event window, a refused one (end before start), removal.
+    let r = ed
+        .post(
+            "/sites/1/schedules",
+            &[
+                ("_csrf", &csrf),
+                ("mode", "maintenance"),
+                ("start", "2027-04-23T18:00"),
+                ("end", "2027-04-24T02:00"),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/sites/1?ok=scheduled");
+    let p = ed.get(r.location()).await;
+    assert!(
+        p.body.contains("2027-04-23T18:00:00Z") && p.body.contains("Programmation enregistrée")
+    );
+    let r = ed
+        .post(
+            "/sites/1/schedules",
+            &[
+                ("_csrf", &csrf),
+                ("mode", "bypass"),
+                ("start", "2027-05-02T00:00"),
+                ("end", "2027-05-01T00:00"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.body.contains("<code>site.schedule[1].end</code>"),
+        "{}",
+        r.body
+    );
+    let r = ed
+        .post("/sites/1/schedules/0/delete", &[("_csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, 303);
+    assert!(
+        ed.get("/sites/1")
+            .await
+            .body
+            .contains("Aucune programmation")
+    );
     // Mode switch: refused without the confirmation, applied with it.
     let r = ed
         .post(
