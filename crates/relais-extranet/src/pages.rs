@@ -39,6 +39,7 @@ pub fn router_pages(ctl: Arc<Control>) -> Router {
         .route("/sites/{id}/purge", post(purge))
         .route("/sites/{id}/publish", post(publish))
         .route("/sites/{id}/rollback", post(rollback))
+        .route("/sites/{id}/versions/{version}", get(version_page))
         .route("/sites/{id}/schedules", post(add_schedule))
         .route(
             "/sites/{id}/schedules/{index}/delete",
@@ -623,6 +624,9 @@ struct SiteTpl {
     origins: String,
     staging: String,
     health: Vec<(String, String)>,
+    /// `http://<staging host>:<port>/` when an edge reports a plain-HTTP address (names under
+    /// `.localhost` resolve to this machine in browsers).
+    staging_link: Option<String>,
     /// (index, mode label, start, end)
     schedules: Vec<(usize, &'static str, String, String)>,
     can_config: bool,
@@ -748,6 +752,7 @@ async fn site_view(
             .join(", "),
         staging: j["staging_host"].as_str().unwrap_or("").to_owned(),
         health: st.site_health(&site.name).await.unwrap_or_default(),
+        staging_link: staging_link(st, j["staging_host"].as_str().unwrap_or("")).await,
         schedules: live
             .schedules
             .iter()
@@ -1697,4 +1702,80 @@ async fn delete_schedule(
         }
     })
     .await
+}
+
+async fn staging_link(st: &Control, host: &str) -> Option<String> {
+    if host.is_empty() {
+        return None;
+    }
+    let edges = st.edges_json().await.ok()?;
+    let addr = edges
+        .iter()
+        .filter_map(|e| e["listen"].as_array())
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.parse::<std::net::SocketAddr>().ok())?;
+    Some(format!("http://{host}:{}/", addr.port()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// One version
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "version.html")]
+struct VersionTpl {
+    p: Page,
+    id: i64,
+    name: String,
+    version: i64,
+    author: String,
+    date: String,
+    comment: String,
+    diff: Option<String>,
+    toml: String,
+}
+
+async fn version_page(
+    State(st): St,
+    u: WebUser,
+    Path((id, version)): Path<(String, String)>,
+) -> Response {
+    let (site, _, _) = match load_site(&st, &u, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Ok(v) = version.parse::<i64>() else {
+        return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
+    };
+    let doc = match st.published_doc(site.id, v).await {
+        Ok(d) => d,
+        Err(e) => return api_error(u.t, e),
+    };
+    let meta = st
+        .versions(site.id)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|x| x["version"].as_i64() == Some(v))
+        .unwrap_or(Value::Null);
+    let toml = relais_control::sites::to_toml(&doc);
+    let diff = match st.published_doc(site.id, v - 1).await {
+        Ok(prev) => Some(relais_control::sites::diff_lines(
+            &relais_control::sites::to_toml(&prev),
+            &toml,
+        )),
+        Err(_) => None,
+    };
+    render(&VersionTpl {
+        p: Page::of(&u, u.t.s("version.title"), Some(site.org_id)),
+        id: site.id,
+        name: site.name.clone(),
+        version: v,
+        author: meta["author"].as_str().unwrap_or("").to_owned(),
+        date: when(meta["created_at"].as_i64().unwrap_or(0)),
+        comment: meta["comment"].as_str().unwrap_or("").to_owned(),
+        diff,
+        toml,
+    })
 }

@@ -676,6 +676,30 @@ async fn editor_flows_mode_purge_rules_publish_rollback_audit() {
         .await;
     assert_eq!(v["versions"][0]["comment"], "rollback to version 1");
     assert_eq!(v["versions"][0]["author"], "chef@demo.localhost");
+    // Each version can be read, with its changes from the one before.
+    let ttl_version = v["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .find(|x| x["comment"] == "TTL actualités")
+        .expect("published version")["version"]
+        .as_i64()
+        .expect("n");
+    let v2 = ed.get(&format!("/sites/1/versions/{ttl_version}")).await;
+    assert_eq!(v2.status, 200);
+    assert!(
+        v2.body.contains("id=\"version-diff\"")
+            && v2.body.contains("+ dir = &#34;/actualites/&#34;"),
+        "{}",
+        v2.body
+    );
+    assert!(
+        ed.get("/sites/1/versions/1")
+            .await
+            .body
+            .contains("Première version.")
+    );
+    assert_eq!(ed.get("/sites/1/versions/99").await.status, 404);
     // Delete the rule again (draft).
     let r = ed
         .post(
