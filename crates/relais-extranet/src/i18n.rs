@@ -278,6 +278,69 @@ pub const CATALOGUE: &[(&str, &str, &str)] = &[
         "Ouvrir la pré-production",
         "Open staging",
     ),
+    (
+        "scope.platform",
+        "défaut de la plateforme",
+        "platform default",
+    ),
+    ("scope.site", "défaut du site", "site default"),
+    ("scope.group", "groupe", "group"),
+    ("scope.content_type", "type de contenu", "content type"),
+    ("scope.dir", "répertoire", "directory"),
+    ("scope.page", "page", "page"),
+    (
+        "explain.more_specific",
+        "est plus spécifique que",
+        "is more specific than",
+    ),
+    ("explain.rule", "règle", "rule"),
+    (
+        "explain.note.request_time",
+        "décidé avant la réponse : seules les règles de page, de répertoire et du site s'appliquent",
+        "decided before the response: only page, directory and default rules apply",
+    ),
+    (
+        "explain.note.content_type",
+        "des règles par type de contenu existent pour ce réglage : indiquez un type de contenu pour les voir",
+        "content-type rules exist for this setting; give a content type to see them",
+    ),
+    ("setting.cache", "Mise en cache", "Caching"),
+    ("setting.edge_ttl", "Durée en cache", "Time in cache"),
+    (
+        "setting.browser_ttl",
+        "Durée dans le navigateur",
+        "Time in the browser",
+    ),
+    (
+        "setting.respect_origin",
+        "Respect des en-têtes de l'origine",
+        "Respect origin headers",
+    ),
+    (
+        "setting.stale_while_revalidate",
+        "Périmé pendant la revalidation",
+        "Stale while revalidating",
+    ),
+    (
+        "setting.stale_if_error",
+        "Périmé si erreur",
+        "Stale if error",
+    ),
+    (
+        "setting.query",
+        "Paramètres d'URL dans la clé",
+        "Query string in the key",
+    ),
+    (
+        "setting.key_headers",
+        "En-têtes dans la clé",
+        "Headers in the key",
+    ),
+    (
+        "setting.key_cookies",
+        "Cookies dans la clé",
+        "Cookies in the key",
+    ),
     ("site.name", "Site", "Site"),
     ("site.hosts", "Domaines", "Domains"),
     ("site.mode", "Mode", "Mode"),
@@ -570,13 +633,20 @@ impl Tr {
 mod tests {
     use super::*;
 
-    /// Every `t.s("…")` in the templates names a catalogue entry with both languages.
+    /// Every `t.s("…")` in the templates and the page code names a catalogue entry with both
+    /// languages; so does every key built from a setting name.
     #[test]
     fn every_template_string_is_translated() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+        let root = env!("CARGO_MANIFEST_DIR");
         let mut used = 0;
-        for entry in std::fs::read_dir(dir).expect("templates") {
+        let files = std::fs::read_dir(format!("{root}/templates"))
+            .expect("templates")
+            .chain(std::fs::read_dir(format!("{root}/src")).expect("src"));
+        for entry in files {
             let path = entry.expect("entry").path();
+            if path.ends_with("i18n.rs") {
+                continue;
+            }
             let text = std::fs::read_to_string(&path).expect("read");
             for part in text.split("t.s(\"").skip(1) {
                 let key = part.split('"').next().expect("key");
@@ -588,6 +658,10 @@ mod tests {
             }
         }
         assert!(used > 50, "only {used} strings found");
+        for k in crate::pages::CATALOGUE_SETTING {
+            let key = format!("setting.{k}");
+            assert!(CATALOGUE.iter().any(|c| c.0 == key), "missing {key}");
+        }
         let mut keys: Vec<_> = CATALOGUE.iter().map(|c| c.0).collect();
         keys.sort_unstable();
         let n = keys.len();

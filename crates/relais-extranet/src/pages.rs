@@ -1125,33 +1125,51 @@ async fn rules_view(
             &path,
             Some(ct.as_str()).filter(|c| !c.is_empty()),
         ) {
+            let t = u.t;
             for s in j["settings"].as_array().into_iter().flatten() {
-                let winner = match &s["rule"] {
-                    Value::Object(o) => format!(
-                        "{} ({})",
-                        o.get("rule").and_then(Value::as_str).unwrap_or(""),
-                        o.get("scope").and_then(Value::as_str).unwrap_or("")
-                    ),
-                    _ => s["note"].as_str().unwrap_or("—").to_owned(),
+                let note = s["note"].as_str().map(|n| note_tr(t, n));
+                let (winner, winner_scope) = match &s["rule"] {
+                    Value::Object(o) => {
+                        let scope = o.get("scope").and_then(Value::as_str).unwrap_or("");
+                        (
+                            format!(
+                                "{} ({})",
+                                rule_tr(t, o.get("rule").and_then(Value::as_str).unwrap_or("")),
+                                scope_tr(t, scope)
+                            ),
+                            scope.to_owned(),
+                        )
+                    }
+                    _ => (note.clone().unwrap_or_else(|| "—".into()), String::new()),
                 };
                 let over = s["overridden"]
                     .as_array()
                     .map(|a| {
                         a.iter()
                             .map(|o| {
+                                let scope = o["scope"].as_str().unwrap_or("");
                                 format!(
-                                    "{} ({}): {}",
-                                    o["rule"].as_str().unwrap_or(""),
-                                    o["scope"].as_str().unwrap_or(""),
-                                    o["reason"].as_str().unwrap_or("")
+                                    "{} ({}) = {} : {} {} {}",
+                                    rule_tr(t, o["rule"].as_str().unwrap_or("")),
+                                    scope_tr(t, scope),
+                                    o["value"].as_str().unwrap_or(""),
+                                    scope_tr(t, &winner_scope),
+                                    t.s("explain.more_specific"),
+                                    scope_tr(t, scope),
                                 )
                             })
                             .collect::<Vec<_>>()
                             .join("; ")
                     })
                     .unwrap_or_default();
+                let setting = s["setting"].as_str().unwrap_or("");
+                let label = CATALOGUE_SETTING
+                    .iter()
+                    .find(|k| **k == setting)
+                    .map(|k| t.s(&format!("setting.{k}")).to_owned())
+                    .unwrap_or_else(|| setting.to_owned());
                 explain.push((
-                    s["setting"].as_str().unwrap_or("").to_owned(),
+                    label,
                     s["value"].as_str().unwrap_or("—").to_owned(),
                     winner,
                     over,
@@ -1778,4 +1796,53 @@ async fn version_page(
         diff,
         toml,
     })
+}
+
+pub(crate) const CATALOGUE_SETTING: &[&str] = &[
+    "cache",
+    "edge_ttl",
+    "browser_ttl",
+    "respect_origin",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "query",
+    "key_headers",
+    "key_cookies",
+];
+
+/// A scope as `relais-rules` writes it (`directory /news/`), in the page's language.
+fn scope_tr(t: Tr, scope: &str) -> String {
+    for (en, key) in [
+        ("platform default", "scope.platform"),
+        ("site default", "scope.site"),
+        ("group ", "scope.group"),
+        ("content type ", "scope.content_type"),
+        ("directory ", "scope.dir"),
+        ("page ", "scope.page"),
+    ] {
+        if let Some(rest) = scope.strip_prefix(en) {
+            return if rest.is_empty() {
+                t.s(key).to_owned()
+            } else {
+                format!("{} {rest}", t.s(key))
+            };
+        }
+    }
+    scope.to_owned()
+}
+
+fn note_tr(t: Tr, note: &str) -> String {
+    if note.starts_with("decided before the response") {
+        t.s("explain.note.request_time").to_owned()
+    } else if note.starts_with("content-type rules exist") {
+        t.s("explain.note.content_type").to_owned()
+    } else {
+        note.to_owned()
+    }
+}
+
+/// `rule 3` (an unnamed rule) or a rule's own id, in the page's language.
+fn rule_tr(t: Tr, id: &str) -> String {
+    let n = id.strip_prefix("rule ").unwrap_or(id);
+    format!("{} {n}", t.s("explain.rule"))
 }

@@ -620,7 +620,7 @@ async fn editor_flows_mode_purge_rules_publish_rollback_audit() {
     let x = ed.get("/sites/1/rules?url=%2Factualites%2Fa.html").await;
     assert!(
         x.body.contains(
-            "<th scope=\"row\">edge_ttl</th><td>600s</td><td>rule 0 (directory /actualites/)</td>"
+            "<th scope=\"row\">Durée en cache</th><td>600s</td><td>règle 0 (répertoire /actualites/)</td>"
         ),
         "{}",
         x.body
