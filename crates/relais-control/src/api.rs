@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use relais_edge::config::{FileSchedule, FileTls};
+use relais_edge::config::FileSchedule;
 use relais_edge::proto::Ack;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -611,27 +611,9 @@ async fn put_certificate(
     JsonBody(b): JsonBody<CertBody>,
 ) -> ApiResult<Json<Value>> {
     let site = site_for(&st, &actor, &sid, Perm::Config).await?;
-    let mut doc = site.draft.clone();
-    doc.tls = Some(FileTls {
-        cert: None,
-        key: None,
-        cert_pem: Some(b.cert_pem),
-        key_pem: Some(b.key_pem),
-    });
-    // The pair is checked by the edge's own loader before it is stored.
-    let check = relais_edge::config::Config::for_follower(relais_edge::config::FileConfig {
-        version: Some(relais_edge::config::CONFIG_VERSION),
-        edge: relais_edge::config::FileEdge {
-            listen: vec!["127.0.0.1:0".into()],
-            ..Default::default()
-        },
-        cache: Default::default(),
-        sites: vec![doc.clone()],
-    })
-    .map_err(|e| ApiError::invalid("certificate", e.to_string()))?;
-    relais_edge::tls::load_site_certs(&check).map_err(|e| ApiError::invalid("certificate", e))?;
-    let body = serde_json::to_value(&doc).unwrap_or(Value::Null);
-    let site = st.put_draft(&actor, &site, body).await?;
+    let site = st
+        .set_certificate(&actor, &site, b.cert_pem, b.key_pem)
+        .await?;
     Ok(Json(st.site_json(&site).await?))
 }
 

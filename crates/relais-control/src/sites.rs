@@ -402,6 +402,38 @@ impl Control {
             .await
     }
 
+    /// Puts a certificate and key (PEM) in the draft, after the edge's own TLS loader has
+    /// checked that they parse and match.
+    pub async fn set_certificate(
+        &self,
+        actor: &Actor,
+        site: &SiteRow,
+        cert_pem: String,
+        key_pem: String,
+    ) -> ApiResult<SiteRow> {
+        let mut doc = site.draft.clone();
+        doc.tls = Some(relais_edge::config::FileTls {
+            cert: None,
+            key: None,
+            cert_pem: Some(cert_pem),
+            key_pem: Some(key_pem),
+        });
+        let check = relais_edge::config::Config::for_follower(relais_edge::config::FileConfig {
+            version: Some(relais_edge::config::CONFIG_VERSION),
+            edge: relais_edge::config::FileEdge {
+                listen: vec!["127.0.0.1:0".into()],
+                ..Default::default()
+            },
+            cache: Default::default(),
+            sites: vec![doc.clone()],
+        })
+        .map_err(|e| ApiError::invalid("certificate", e.to_string()))?;
+        relais_edge::tls::load_site_certs(&check)
+            .map_err(|e| ApiError::invalid("certificate", e))?;
+        let body = serde_json::to_value(&doc).unwrap_or(Value::Null);
+        self.put_draft(actor, site, body).await
+    }
+
     pub async fn delete_site(&self, actor: &Actor, site: &SiteRow) -> ApiResult<()> {
         let _w = self.writer.lock().await;
         let now = self.clock.now();

@@ -39,6 +39,8 @@ pub fn router_pages(ctl: Arc<Control>) -> Router {
         .route("/sites/{id}/purge", post(purge))
         .route("/sites/{id}/publish", post(publish))
         .route("/sites/{id}/rollback", post(rollback))
+        .route("/sites/{id}/origins", post(set_origins))
+        .route("/sites/{id}/certificate", post(set_certificate))
         .route("/sites/{id}/versions/{version}", get(version_page))
         .route("/sites/{id}/schedules", post(add_schedule))
         .route(
@@ -428,6 +430,8 @@ fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
         "removed" => "people.removed",
         "revoked" => "tokens.revoked_done",
         "scheduled" => "sched.done",
+        "origins" => "origins.done",
+        "certificate" => "cert.done",
         _ => return None,
     };
     Some(t.s(key))
@@ -627,6 +631,8 @@ struct SiteTpl {
     /// `http://<staging host>:<port>/` when an edge reports a plain-HTTP address (names under
     /// `.localhost` resolve to this machine in browsers).
     staging_link: Option<String>,
+    draft_origins: String,
+    has_cert: bool,
     /// (index, mode label, start, end)
     schedules: Vec<(usize, &'static str, String, String)>,
     can_config: bool,
@@ -753,6 +759,14 @@ async fn site_view(
         staging: j["staging_host"].as_str().unwrap_or("").to_owned(),
         health: st.site_health(&site.name).await.unwrap_or_default(),
         staging_link: staging_link(st, j["staging_host"].as_str().unwrap_or("")).await,
+        draft_origins: site
+            .draft
+            .origins
+            .iter()
+            .map(|o| o.url.clone())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        has_cert: site.draft.tls.is_some(),
         schedules: live
             .schedules
             .iter()
@@ -1845,4 +1859,110 @@ fn note_tr(t: Tr, note: &str) -> String {
 fn rule_tr(t: Tr, id: &str) -> String {
     let n = id.strip_prefix("rule ").unwrap_or(id);
     format!("{} {n}", t.s("explain.rule"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Origins and certificate
+// ---------------------------------------------------------------------------------------------
+
+async fn set_origins(
+    State(st): St,
+    u: WebUser,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let (site, can_config, can_purge) = match load_site(&st, &u, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if !can_config {
+        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
+    }
+    let mut doc = site.draft.clone();
+    let urls: Vec<&str> = field(&f, "origins")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // An origin already configured keeps its settings (Host, timeouts, health check).
+    doc.origins = urls
+        .iter()
+        .map(|u| {
+            site.draft
+                .origins
+                .iter()
+                .find(|o| o.url == *u)
+                .cloned()
+                .unwrap_or(relais_edge::config::FileOrigin {
+                    url: (*u).to_owned(),
+                    host: None,
+                    connect_timeout: None,
+                    response_timeout: None,
+                    ca_file: None,
+                    health: None,
+                })
+        })
+        .collect();
+    let body = serde_json::to_value(&doc).unwrap_or(Value::Null);
+    match st.put_draft(&u.actor, &site, body).await {
+        Ok(_) => Redirect::to(&format!("/sites/{}?ok=origins", site.id)).into_response(),
+        Err(e) if e.code == "invalid" || e.code == "conflict" => {
+            site_view(
+                &st,
+                &u,
+                &site,
+                can_config,
+                can_purge,
+                &Fields::new(),
+                Some(e),
+            )
+            .await
+        }
+        Err(e) => api_error(u.t, e),
+    }
+}
+
+async fn set_certificate(
+    State(st): St,
+    u: WebUser,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let (site, can_config, can_purge) = match load_site(&st, &u, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if !can_config {
+        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
+    }
+    match st
+        .set_certificate(
+            &u.actor,
+            &site,
+            field(&f, "cert_pem").to_owned(),
+            field(&f, "key_pem").to_owned(),
+        )
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/sites/{}?ok=certificate", site.id)).into_response(),
+        Err(e) if e.code == "invalid" || e.code == "conflict" => {
+            site_view(
+                &st,
+                &u,
+                &site,
+                can_config,
+                can_purge,
+                &Fields::new(),
+                Some(e),
+            )
+            .await
+        }
+        Err(e) => api_error(u.t, e),
+    }
 }

@@ -546,6 +546,61 @@ async fn editor_flows_mode_purge_rules_publish_rollback_audit() {
             .body
             .contains("Aucune programmation")
     );
+    // Origins: a bad address is refused on the form; a list is saved in order.
+    let r = ed
+        .post(
+            "/sites/1/origins",
+            &[("_csrf", &csrf), ("origins", "ftp://nope")],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("<code>site.origin[0].url</code>"));
+    let r = ed
+        .post(
+            "/sites/1/origins",
+            &[
+                ("_csrf", &csrf),
+                (
+                    "origins",
+                    "http://127.0.0.1:9\r\nhttps://secours.demo.test\r\n",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/sites/1?ok=origins");
+    let site = h
+        .api(reqwest::Method::GET, "/api/v1/sites/1", &admin, Value::Null)
+        .await;
+    assert_eq!(
+        site["draft"]["origin"][1]["url"],
+        "https://secours.demo.test"
+    );
+    // Certificate: a key that does not match is refused; the private key never comes back.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key, _) = relais_testkit::write_cert(dir.path(), "demo", &["localhost"]);
+    let cert = std::fs::read_to_string(cert).expect("cert");
+    let key = std::fs::read_to_string(key).expect("key");
+    let r = ed
+        .post(
+            "/sites/1/certificate",
+            &[
+                ("_csrf", &csrf),
+                ("cert_pem", &cert),
+                ("key_pem", "not a key"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("<code>certificate</code>"));
+    let r = ed
+        .post(
+            "/sites/1/certificate",
+            &[("_csrf", &csrf), ("cert_pem", &cert), ("key_pem", &key)],
+        )
+        .await;
+    assert_eq!(r.location(), "/sites/1?ok=certificate");
+    let p2 = ed.get("/sites/1").await;
+    assert!(p2.body.contains("présent") && !p2.body.contains("PRIVATE KEY"));
     // Mode switch: refused without the confirmation, applied with it.
     let r = ed
         .post(
