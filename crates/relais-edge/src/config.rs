@@ -76,6 +76,9 @@ pub struct FileEdge {
     pub max_header_bytes: Option<ByteSize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_uri_bytes: Option<ByteSize>,
+    /// Directory for access logs (one file per site per UTC day). No access log when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -120,6 +123,12 @@ pub struct FileSite {
     pub retry_after: Option<String>,
     #[serde(default, rename = "schedule", skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<FileSchedule>,
+    /// Access log format: `combined` (default), `common` or `w3c`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    /// Client addresses in access logs: `full` (default) or `truncated` (IPv4 /24, IPv6 /48).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_client_ip: Option<String>,
 }
 
 /// A mode that applies between two instants (RFC 3339, e.g. `2027-04-23T18:00:00Z`).
@@ -311,6 +320,7 @@ pub struct Config {
     pub limits: Limits,
     pub cache: CacheConfig,
     pub sites: Vec<Arc<Site>>,
+    pub access_log: Option<PathBuf>,
     routes: Routes,
 }
 
@@ -371,6 +381,7 @@ pub struct Site {
     pub schedules: Vec<Schedule>,
     pub maintenance_page: Option<bytes::Bytes>,
     pub retry_after: Duration,
+    pub log: crate::accesslog::SiteLog,
 }
 
 /// How a site is served.
@@ -546,6 +557,8 @@ impl Config {
                 mode: None,
                 maintenance_page: None,
                 maintenance_html: None,
+                log_format: None,
+                log_client_ip: None,
                 retry_after: None,
                 schedules: vec![],
                 origins: vec![FileOrigin {
@@ -728,6 +741,7 @@ impl Config {
             limits,
             cache,
             sites,
+            access_log: file.edge.access_log.clone(),
             routes,
         })
     }
@@ -936,7 +950,29 @@ fn validate_site(index: usize, fs: FileSite, field: &str) -> Result<Site, Config
             };
             invalid(f, format!("{} / {}{more}", e.en, e.fr))
         })?;
+    let log = crate::accesslog::SiteLog {
+        format: match fs.log_format.as_deref() {
+            None => crate::accesslog::LogFormat::Combined,
+            Some(f) => crate::accesslog::LogFormat::parse(f).ok_or_else(|| {
+                invalid(
+                    format!("{field}.log_format"),
+                    format!("{f:?} is not combined, common or w3c / {f:?} n'est pas combined, common ou w3c"),
+                )
+            })?,
+        },
+        truncate_ip: match fs.log_client_ip.as_deref() {
+            None | Some("full") => false,
+            Some("truncated") => true,
+            Some(o) => {
+                return Err(invalid(
+                    format!("{field}.log_client_ip"),
+                    format!("{o:?} is not full or truncated / {o:?} n'est pas full ou truncated"),
+                ));
+            }
+        },
+    };
     Ok(Site {
+        log,
         index,
         name: fs.name,
         hosts,

@@ -3,6 +3,7 @@
 //! Entry points: [`config::Config`] (load and validate), [`proxy::Edge`] (the request path,
 //! reload), [`server::start`] (listeners). See ARCHITECTURE.md for the map.
 
+pub mod accesslog;
 pub mod admin;
 pub mod cache;
 pub mod clock;

@@ -63,6 +63,8 @@ pub struct ConnInfo {
 /// One site's runtime: its config, counters and origin states.
 pub struct SiteRuntime {
     pub site: Arc<Site>,
+    /// The site's name, shared by its access-log lines.
+    pub log_name: Arc<str>,
     pub metrics: Arc<SiteMetrics>,
     pub origins: Vec<Arc<OriginState>>,
 }
@@ -137,6 +139,8 @@ pub struct Edge {
     /// plane and lost contact, or has not caught up since it started). Stored objects are then
     /// revalidated before use and never served stale: a purge it missed could cover them.
     vouched: AtomicBool,
+    /// Per-site access logs, when the configuration names a directory (fixed at start).
+    pub access_log: Option<Arc<crate::accesslog::AccessLog>>,
 }
 
 /// What lookup + policy decided for a GET/HEAD.
@@ -238,6 +242,14 @@ impl Edge {
         options: EdgeOptions,
     ) -> Result<Arc<Edge>, EdgeError> {
         let store = Store::open(&config.cache)?;
+        let access_log = match &config.access_log {
+            Some(dir) => Some(crate::accesslog::AccessLog::start(
+                dir.clone(),
+                clock.clone(),
+                Duration::from_secs(10),
+            )?),
+            None => None,
+        };
         let certs = Arc::new(CertStore::default());
         let edge = Arc::new(Edge {
             snapshot: ArcSwap::from_pointee(Snapshot {
@@ -258,6 +270,7 @@ impl Edge {
             generation: AtomicU64::new(0),
             last_reload_error: Mutex::new(None),
             vouched: AtomicBool::new(true),
+            access_log,
         });
         edge.apply(config).map_err(EdgeError::Config)?;
         Ok(edge)
@@ -305,6 +318,7 @@ impl Edge {
                 all_origins.extend(origins.iter().cloned());
                 let metrics = sm.entry(site.name.clone()).or_default().clone();
                 sites.push(Arc::new(SiteRuntime {
+                    log_name: site.name.as_str().into(),
                     site: site.clone(),
                     metrics,
                     origins,
@@ -369,6 +383,65 @@ impl Edge {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Response<EdgeBody> {
+        let Some(log) = self.access_log.clone() else {
+            return self.handle_inner(req, conn, &mut None).await;
+        };
+        let at = self.clock.now();
+        let started = std::time::Instant::now();
+        let header = |h: header::HeaderName| {
+            req.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(1024).collect::<String>())
+        };
+        let referer = header(header::REFERER);
+        let user_agent = header(header::USER_AGENT);
+        let method = req.method().clone();
+        let version = req.version();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().chars().take(8192).collect())
+            .unwrap_or_else(|| "/".to_owned());
+        let ip = conn.remote.ip();
+        let mut routed = None;
+        let resp = self.handle_inner(req, conn, &mut routed).await;
+        let Some(rt) = routed else {
+            return resp;
+        };
+        let line = crate::accesslog::Line {
+            site: rt.log_name.clone(),
+            opts: rt.site.log,
+            at,
+            started,
+            ip,
+            method,
+            target,
+            version,
+            status: resp.status().as_u16(),
+            bytes: 0,
+            referer,
+            user_agent,
+            micros: 0,
+        };
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(
+            parts,
+            EdgeBody::Logged(Box::new(crate::response::Logged {
+                inner: body,
+                sent: 0,
+                line: Some(line),
+                log,
+            })),
+        )
+    }
+
+    async fn handle_inner(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        routed: &mut Option<Arc<SiteRuntime>>,
+    ) -> Response<EdgeBody> {
         let snap = self.snapshot.load_full();
         // Phase 1: validate.
         if let Err(resp) = validate(&req, &snap.config) {
@@ -399,6 +472,7 @@ impl Edge {
             }
         }
         let rt = snap.sites[site.index].clone();
+        *routed = Some(rt.clone());
         rt.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let host = normalize_host(&host).into_owned();
 
@@ -1450,12 +1524,37 @@ impl Edge {
                     .map(move |o| (s.site.name.as_str(), o.name.as_str(), &**o))
             })
             .collect();
-        crate::metrics::render(crate::metrics::Render {
+        let mut out = crate::metrics::render(crate::metrics::Render {
             edge: &self.metrics,
             sites,
             origins,
             store: &self.store,
-        })
+        });
+        if let Some(l) = &self.access_log {
+            for (name, help, v) in [
+                (
+                    "relais_access_log_lines_total",
+                    "Access-log lines written.",
+                    &l.written,
+                ),
+                (
+                    "relais_access_log_dropped_total",
+                    "Access-log lines dropped (queue full or disk error); the day's manifest says so.",
+                    &l.dropped,
+                ),
+                (
+                    "relais_access_log_days_closed_total",
+                    "Site-days compressed with a manifest.",
+                    &l.days_closed,
+                ),
+            ] {
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                    v.load(Ordering::Relaxed)
+                ));
+            }
+        }
+        out
     }
 
     /// Applies a purge for a site by name.

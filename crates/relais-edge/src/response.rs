@@ -27,6 +27,27 @@ pub enum EdgeBody {
     Full(Option<Bytes>),
     Stream(BoxStream<'static, io::Result<Bytes>>),
     Upstream(Incoming),
+    /// Another body, counted; its access-log line is written when it is finished or dropped.
+    Logged(Box<Logged>),
+}
+
+/// A body whose bytes are counted for the access log.
+pub struct Logged {
+    pub inner: EdgeBody,
+    pub sent: u64,
+    pub line: Option<crate::accesslog::Line>,
+    pub log: std::sync::Arc<crate::accesslog::AccessLog>,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(mut l) = self.line.take() {
+            l.bytes = self.sent;
+            l.micros = l.started.elapsed().as_micros() as u64;
+            l.at = self.log.now();
+            self.log.log(l);
+        }
+    }
 }
 
 impl Body for EdgeBody {
@@ -62,6 +83,15 @@ impl Body for EdgeBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            EdgeBody::Logged(l) => {
+                let r = Pin::new(&mut l.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &r
+                    && let Some(d) = f.data_ref()
+                {
+                    l.sent += d.len() as u64;
+                }
+                r
+            }
         }
     }
 
@@ -71,6 +101,7 @@ impl Body for EdgeBody {
             EdgeBody::Full(b) => b.is_none(),
             EdgeBody::Stream(_) => false,
             EdgeBody::Upstream(b) => b.is_end_stream(),
+            EdgeBody::Logged(l) => l.inner.is_end_stream(),
         }
     }
 
@@ -80,6 +111,7 @@ impl Body for EdgeBody {
             EdgeBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             EdgeBody::Stream(_) => SizeHint::default(),
             EdgeBody::Upstream(b) => b.size_hint(),
+            EdgeBody::Logged(l) => l.inner.size_hint(),
         }
     }
 }

@@ -1823,3 +1823,194 @@ async fn site_modes_and_schedules() {
     h.clock.advance(Duration::from_secs(3600));
     assert_eq!(h.get("/").await.status, 404, "and closed again");
 }
+
+/// Access logs in the three formats: one file per site per day, compressed with a manifest when
+/// the day closes, and GoAccess (Debian package) parses every line without a rejection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_logs_close_daily_and_goaccess_reads_every_line() {
+    let goaccess = std::process::Command::new("goaccess")
+        .arg("--version")
+        .output();
+    if goaccess.is_err() {
+        assert!(
+            std::env::var("RELAIS_REQUIRE_GOACCESS").is_err(),
+            "goaccess is not installed"
+        );
+        eprintln!("goaccess not installed: skipped here");
+        return;
+    }
+    let origin = Origin::start(|s| match s.path.as_str() {
+        "/missing" => Reply::ok("no").status(404),
+        p => Reply::ok(format!("page {p}")).header("cache-control", "max-age=60"),
+    })
+    .await;
+    for (format, goaccess_format, truncated) in [
+        ("combined", vec!["--log-format=COMBINED"], false),
+        ("common", vec!["--log-format=COMMON"], true),
+        (
+            "w3c",
+            vec![
+                "--log-format=%d %t %h %m %U %q %s %b %T %u %R",
+                "--date-format=%Y-%m-%d",
+                "--time-format=%T",
+            ],
+            false,
+        ),
+    ] {
+        let dir = Arc::new(tempfile::tempdir().expect("tmp"));
+        let logs = dir.path().join("logs");
+        let text = config_text(
+            dir.path(),
+            &format!("access_log = \"{}\"", logs.display()),
+            &site_toml(
+                &origin.url(),
+                &format!(
+                    "log_format = \"{format}\"\nlog_client_ip = \"{}\"",
+                    if truncated { "truncated" } else { "full" }
+                ),
+            ),
+        );
+        let h = start(&text, dir.clone(), clock_for(&origin), false).await;
+        let requests: &[(&str, &str, &[(&str, &str)])] = &[
+            ("GET", "/", &[]),
+            ("GET", "/", &[("referer", "https://www.gouv.fr/a?b=c")]),
+            ("HEAD", "/", &[]),
+            ("GET", "/missing", &[]),
+            (
+                "GET",
+                "/q?utm_source=x&y=%22quoted%22",
+                &[("user-agent", "Mozilla/5.0 (X11; \"quoted\") été")],
+            ),
+            ("GET", "/images/logo.png", &[]),
+        ];
+        for (m, p, hdrs) in requests {
+            h.req(
+                reqwest::Method::from_bytes(m.as_bytes()).expect("m"),
+                p,
+                hdrs,
+            )
+            .await;
+        }
+        let log = h.edge.access_log.clone().expect("access log");
+        assert!(
+            eventually(Duration::from_secs(5), || log
+                .written
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == requests.len() as u64)
+            .await
+        );
+        // The day is still open: the plain file is there.
+        let date = relais_edge::accesslog::date_string(
+            (relais_edge::clock::Clock::now(&h.clock)
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs()
+                / 86_400) as i64,
+        );
+        let (plain, gz, manifest) = relais_edge::accesslog::paths(&logs, "s", &date);
+        assert!(plain.exists());
+        // Midnight passes: the day is compressed and its manifest written.
+        h.clock.advance(Duration::from_secs(86_400 + 60));
+        assert!(
+            eventually(Duration::from_secs(5), || manifest.exists()).await,
+            "{format}: no manifest"
+        );
+        assert!(!plain.exists() && gz.exists());
+        let m: relais_edge::accesslog::Manifest =
+            serde_json::from_slice(&std::fs::read(&manifest).expect("manifest")).expect("json");
+        let mut content = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(std::fs::File::open(&gz).expect("gz")),
+            &mut content,
+        )
+        .expect("gunzip");
+        let data_lines = content.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(data_lines, requests.len(), "{format}:\n{content}");
+        assert_eq!(
+            (m.format.as_str(), m.complete, m.dropped),
+            (format, true, 0)
+        );
+        assert_eq!(m.lines as usize, content.lines().count());
+        assert_eq!(m.bytes as usize, content.len());
+        assert_eq!(m.client_ip, if truncated { "truncated" } else { "full" });
+        if truncated {
+            assert!(
+                content.lines().all(|l| l.starts_with("127.0.0.0 ")),
+                "{content}"
+            );
+        }
+        // GoAccess reads every line.
+        let plain_copy = dir.path().join("day.log");
+        std::fs::write(&plain_copy, &content).expect("write");
+        let report = dir.path().join("report.json");
+        let out = std::process::Command::new("goaccess")
+            .arg(&plain_copy)
+            .args(&goaccess_format)
+            .arg("--no-progress")
+            .arg("-o")
+            .arg(&report)
+            .output()
+            .expect("goaccess");
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+        assert_eq!(
+            r["general"]["failed_requests"], 0,
+            "{format}: {}",
+            r["general"]
+        );
+        assert_eq!(
+            r["general"]["total_requests"],
+            requests.len(),
+            "{format}: {}",
+            r["general"]
+        );
+        assert!(
+            r["general"]["bandwidth"].as_u64().unwrap_or(0) > 0,
+            "{format}: {}",
+            r["general"]
+        );
+        let metrics = h.edge.render_metrics();
+        assert!(
+            metrics.contains("relais_access_log_days_closed_total 1"),
+            "{metrics}"
+        );
+    }
+}
+
+/// When logs cannot be written (here the site's log directory is a file), requests are served
+/// as usual and the lost lines are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_access_log_never_stops_traffic() {
+    let origin = Origin::start(|_| Reply::ok("ok").header("cache-control", "max-age=60")).await;
+    let dir = Arc::new(tempfile::tempdir().expect("tmp"));
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("dir");
+    std::fs::write(logs.join("s"), "not a directory").expect("file");
+    let text = config_text(
+        dir.path(),
+        &format!("access_log = \"{}\"", logs.display()),
+        &site_toml(&origin.url(), ""),
+    );
+    let h = start(&text, dir.clone(), clock_for(&origin), false).await;
+    for _ in 0..20 {
+        assert_eq!(h.get("/").await.status, 200);
+    }
+    let log = h.edge.access_log.clone().expect("log");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            log.dropped.load(std::sync::atomic::Ordering::Relaxed) == 20
+        })
+        .await
+    );
+    assert_eq!(log.written.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(
+        h.edge
+            .render_metrics()
+            .contains("relais_access_log_dropped_total 20")
+    );
+}
