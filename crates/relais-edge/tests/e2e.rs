@@ -1871,7 +1871,8 @@ async fn access_logs_close_daily_and_goaccess_reads_every_line() {
             ),
         );
         let h = start(&text, dir.clone(), clock_for(&origin), false).await;
-        let requests: &[(&str, &str, &[(&str, &str)])] = &[
+        type Req<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let requests: &[Req] = &[
             ("GET", "/", &[]),
             ("GET", "/", &[("referer", "https://www.gouv.fr/a?b=c")]),
             ("HEAD", "/", &[]),
