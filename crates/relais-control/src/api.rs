@@ -121,6 +121,13 @@ pub fn routes(st: Arc<Control>) -> Router {
         .route("/api/v1/edges/{id}", delete(delete_edge))
         .route("/edge/v1/stream", get(edge_stream))
         .route("/edge/v1/ack", post(edge_ack))
+        .route(
+            "/edge/v1/logs",
+            put(edge_logs).layer(DefaultBodyLimit::max(1 << 30)),
+        )
+        .route("/api/v1/sites/{id}/logs", get(site_logs))
+        .route("/api/v1/sites/{id}/logs/{date}", get(site_log_day))
+        .route("/api/v1/orgs/{id}/settings", put(org_settings))
         .layer(DefaultBodyLimit::max(2 << 20))
         .with_state(st)
 }
@@ -351,7 +358,7 @@ async fn totp_confirm(
 async fn org_json(st: &Control, org_id: i64) -> ApiResult<Value> {
     let r = st
         .db
-        .q("SELECT id, parent_id, slug, name, created_at FROM orgs WHERE id = ?")
+        .q("SELECT id, parent_id, slug, name, created_at, log_retention_months FROM orgs WHERE id = ?")
         .bind(org_id)
         .fetch_optional(&st.db.pool)
         .await?
@@ -362,6 +369,7 @@ async fn org_json(st: &Control, org_id: i64) -> ApiResult<Value> {
         "slug": col::<String>(&r, "slug")?,
         "name": col::<String>(&r, "name")?,
         "created_at": col::<i64>(&r, "created_at")?,
+        "log_retention_months": col::<i64>(&r, "log_retention_months")?,
     }))
 }
 
@@ -1068,4 +1076,136 @@ async fn edge_ack(
     st.ack(&edge, &ack).await?;
     st.acks.send_modify(|n| *n += 1);
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access logs
+// ---------------------------------------------------------------------------------------------
+
+/// An edge delivers a closed day: the compressed file as the body, its manifest (JSON) in the
+/// `x-relais-manifest` header. Checked against the manifest, stored, merged.
+async fn edge_logs(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    let edge = st.edge_by_token(&edge_secret(&headers)?).await?;
+    let Some(store) = &st.logs else {
+        return Err(ApiError::new(
+            "conflict",
+            "this control plane keeps no logs (--log-store)",
+        ));
+    };
+    let manifest: relais_edge::accesslog::Manifest = headers
+        .get("x-relais-manifest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str(v).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                "bad_request",
+                "x-relais-manifest: a JSON manifest is required",
+            )
+        })?;
+    let store = store.clone();
+    let name = edge.name.clone();
+    let day = tokio::task::spawn_blocking(move || store.put(&name, &manifest, &body))
+        .await
+        .map_err(|_| ApiError::new("internal", "internal error"))?
+        .map_err(|e| match e {
+            crate::logs::LogError::Io(e) => {
+                tracing::error!(error = %e, "log store");
+                ApiError::new("internal", "internal error")
+            }
+            other => ApiError::invalid("log", other.to_string()),
+        })?;
+    Ok(Json(serde_json::to_value(day).unwrap_or(Value::Null)))
+}
+
+async fn site_logs(State(st): St, actor: Actor, Path(sid): Path<String>) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    let days = match &st.logs {
+        Some(store) => store
+            .days(&site.name)
+            .map_err(|e| ApiError::invalid("site", e.to_string()))?,
+        None => vec![],
+    };
+    Ok(Json(json!({ "days": days })))
+}
+
+async fn site_log_day(
+    State(st): St,
+    actor: Actor,
+    Path((sid, date)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    let Some(store) = &st.logs else {
+        return Err(ApiError::not_found());
+    };
+    let path = store
+        .file(&site.name, &date)
+        .map_err(|_| ApiError::not_found())?;
+    let data = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::not_found())?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}-{date}.log.gz\"", site.name),
+            ),
+        ],
+        data,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgSettings {
+    log_retention_months: i64,
+}
+
+async fn org_settings(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    JsonBody(b): JsonBody<OrgSettings>,
+) -> ApiResult<Json<Value>> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Admin).await?;
+    if !(6..=120).contains(&b.log_retention_months) {
+        return Err(ApiError::invalid(
+            "log_retention_months",
+            "between 6 and 120 months / entre 6 et 120 mois",
+        ));
+    }
+    let _w = st.writer.lock().await;
+    let now = st.clock.now();
+    let mut tx = st.db.begin().await?;
+    let before = st
+        .db
+        .q("SELECT log_retention_months FROM orgs WHERE id = ?")
+        .bind(oid)
+        .fetch_one(&mut *tx)
+        .await?;
+    let before: i64 = col(&before, "log_retention_months")?;
+    st.db
+        .q("UPDATE orgs SET log_retention_months = ? WHERE id = ?")
+        .bind(b.log_retention_months)
+        .bind(oid)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &st.db,
+        &mut tx,
+        now,
+        &actor,
+        Change {
+            org_id: Some(oid),
+            action: "org.settings",
+            target: format!("org #{oid}"),
+            before: Some(json!({"log_retention_months": before})),
+            after: Some(json!({"log_retention_months": b.log_retention_months})),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(org_json(&st, oid).await?))
 }

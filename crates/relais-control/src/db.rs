@@ -170,6 +170,9 @@ CREATE TABLE settings (
     r#"
 ALTER TABLE edges ADD COLUMN origins_down TEXT NOT NULL DEFAULT '[]';
 "#,
+    r#"
+ALTER TABLE orgs ADD COLUMN log_retention_months {INT} NOT NULL DEFAULT 13;
+"#,
 ];
 
 impl Db {

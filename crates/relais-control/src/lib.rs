@@ -20,6 +20,7 @@ pub mod db;
 pub mod definition;
 pub mod edges;
 pub mod error;
+pub mod logs;
 pub mod members;
 pub mod openapi;
 pub mod sites;
@@ -38,12 +39,15 @@ pub use db::{Backend, Db, DbError};
 pub struct ControlOptions {
     /// Staging host names are `<site>.<staging_domain>`.
     pub staging_domain: String,
+    /// Where edges' access logs are kept (none: edges keep them).
+    pub log_store: Option<std::path::PathBuf>,
 }
 
 impl Default for ControlOptions {
     fn default() -> Self {
         Self {
             staging_domain: "staging.localhost".into(),
+            log_store: None,
         }
     }
 }
@@ -66,6 +70,7 @@ pub struct Control {
     /// Bumped on every edge acknowledgement (purge receipts wait on it).
     pub acks: watch::Sender<u64>,
     pub(crate) throttle: Mutex<HashMap<String, (u32, std::time::SystemTime)>>,
+    pub logs: Option<logs::LogStore>,
 }
 
 impl Control {
@@ -81,6 +86,7 @@ impl Control {
             purge_seq: edges::purge_head(&db).await?,
         };
         Ok(Arc::new(Control {
+            logs: opts.log_store.clone().map(logs::LogStore::new),
             db,
             clock,
             opts,

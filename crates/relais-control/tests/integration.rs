@@ -104,9 +104,16 @@ impl H {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = database(kind, dir.path()).await?;
         let clock = ManualClock::new();
-        let ctl = Control::open(&url, Arc::new(clock.clone()), ControlOptions::default())
-            .await
-            .expect("open control plane");
+        let ctl = Control::open(
+            &url,
+            Arc::new(clock.clone()),
+            ControlOptions {
+                log_store: Some(dir.path().join("logstore")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("open control plane");
         let first = relais_control::bootstrap::bootstrap(&ctl, None)
             .await
             .expect("bootstrap")
@@ -357,6 +364,7 @@ async fn tenant_isolation_on_every_endpoint(kind: Kind) {
             _ if concrete.ends_with("/mode") => Some(json!({"mode": "disabled"})),
             _ if concrete.ends_with("/schedules") => Some(json!([])),
             _ if concrete.ends_with("/purges") => Some(json!({"kind": "all"})),
+            _ if concrete.ends_with("/settings") => Some(json!({"log_retention_months": 12})),
             _ => Some(json!({})),
         };
         for who in [&a_admin, &a_token] {
@@ -1082,12 +1090,23 @@ impl EdgeProc {
 }
 
 async fn start_edge(h: &H, name: &str, lease: Duration) -> EdgeProc {
+    start_edge_with(h, name, lease, Arc::new(SystemClock), false).await
+}
+
+async fn start_edge_with(
+    h: &H,
+    name: &str,
+    lease: Duration,
+    clock: relais_edge::clock::SharedClock,
+    access_log: bool,
+) -> EdgeProc {
     let token = h.ctl.local_edge_token(name).await.expect("token");
     let state_dir = h.dir.path().join(format!("edge-{name}"));
     let base = FileConfig {
         version: Some(relais_edge::config::CONFIG_VERSION),
         edge: FileEdge {
             listen: vec!["127.0.0.1:0".into()],
+            access_log: access_log.then(|| h.dir.path().join(format!("logs-{name}"))),
             ..Default::default()
         },
         cache: FileCache {
@@ -1100,7 +1119,7 @@ async fn start_edge(h: &H, name: &str, lease: Duration) -> EdgeProc {
     let cfg = follow::build_config(&base, &state).expect("config");
     let edge = Edge::new(
         cfg,
-        Arc::new(SystemClock),
+        clock,
         EdgeOptions {
             active_health_checks: false,
         },
@@ -1119,6 +1138,7 @@ async fn start_edge(h: &H, name: &str, lease: Duration) -> EdgeProc {
             base,
             lease,
             listen: vec![addr.to_string()],
+            ship_every: Duration::from_millis(100),
         },
     )
     .expect("follow");
@@ -1499,3 +1519,136 @@ async fn edges_report_origins_that_are_down(kind: Kind) {
     assert_eq!(h.ctl.site_health("sante").await.expect("health")[0].0, "e");
 }
 both!(edges_report_origins_that_are_down);
+
+async fn access_logs_of_two_edges_reach_the_store_as_one_day(kind: Kind) {
+    let Some(mut h) = H::new(kind).await else {
+        return;
+    };
+    let origin =
+        Origin::start(|s| Reply::ok(format!("p{}", s.path)).header("cache-control", "max-age=60"))
+            .await;
+    let o = h.org("org-o", None, &h.admin).await;
+    let s = h.site(o, "journal", "journal.test", &origin.url()).await;
+    // Sessions expire when the clock jumps a day: reads go through an API token.
+    let (_, reader) = h.token(o, "read", Some(3650)).await;
+    let clock: relais_edge::clock::SharedClock = Arc::new(h.clock.clone());
+    let e1 = start_edge_with(&h, "e1", Duration::from_secs(3), clock.clone(), true).await;
+    let e2 = start_edge_with(&h, "e2", Duration::from_secs(3), clock.clone(), true).await;
+    for e in [&e1, &e2] {
+        assert!(
+            until(Duration::from_secs(5), || async {
+                fetch(e.addr, "journal.test", "/warm").await.0 == 200
+            })
+            .await
+        );
+    }
+    for p in ["/a", "/b", "/c"] {
+        fetch(e1.addr, "journal.test", p).await;
+    }
+    for p in ["/d", "/e"] {
+        fetch(e2.addr, "journal.test", p).await;
+    }
+    let written = |e: &EdgeProc| {
+        e.edge
+            .access_log
+            .as_ref()
+            .map_or(0, |l| l.written.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    assert!(
+        until(Duration::from_secs(5), || async {
+            written(&e1) >= 4 && written(&e2) >= 3
+        })
+        .await
+    );
+    let expected = written(&e1) + written(&e2);
+    // Midnight: each edge closes its day and delivers it; the store merges both.
+    h.clock.advance(Duration::from_secs(86_400 + 60));
+    assert!(
+        until(Duration::from_secs(10), || async {
+            let d = log_days(&h, s, &reader).await;
+            d[0]["edges"].as_array().map(Vec::len) == Some(2)
+        })
+        .await,
+        "{}",
+        log_days(&h, s, &reader).await
+    );
+    let d = log_days(&h, s, &reader).await;
+    assert_eq!(d[0]["lines"].as_u64(), Some(expected));
+    assert_eq!(d[0]["complete"], true);
+    let date = d[0]["date"].as_str().expect("date").to_owned();
+    // Download the day: one file, every line, in time order.
+    let resp = h
+        .http
+        .get(format!("{}/api/v1/sites/{s}/logs/{date}", h.base))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(resp.headers()["content-type"], "application/gzip");
+    let gz = resp.bytes().await.expect("body");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text)
+        .expect("gunzip");
+    assert_eq!(text.lines().count() as u64, expected);
+    for p in ["/a", "/b", "/c", "/d", "/e"] {
+        assert!(
+            text.contains(&format!("GET {p} HTTP/1.1")),
+            "{p} missing:\n{text}"
+        );
+    }
+    // Delivered days leave the edges' disks.
+    assert!(
+        until(Duration::from_secs(5), || async {
+            std::fs::read_dir(h.dir.path().join("logs-e1").join("journal"))
+                .map(|rd| {
+                    rd.flatten()
+                        .all(|f| !f.file_name().to_string_lossy().ends_with(".log.gz"))
+                })
+                .unwrap_or(false)
+        })
+        .await
+    );
+    // Another tenant cannot list or fetch them.
+    h.admin_again().await;
+    let other = h.org("org-x", None, &h.admin).await;
+    let (_, tok) = h.token(other, "read", None).await;
+    assert_eq!(
+        h.get(&format!("/api/v1/sites/{s}/logs"), &tok).await.status,
+        404
+    );
+    assert_eq!(
+        h.get(&format!("/api/v1/sites/{s}/logs/{date}"), &tok)
+            .await
+            .status,
+        404
+    );
+    // Retention: never less than 6 months; after 7 months a 6-month organisation loses the day.
+    let r = h
+        .put(
+            &format!("/api/v1/orgs/{o}/settings"),
+            &h.admin,
+            json!({"log_retention_months": 5}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let r = h
+        .put(
+            &format!("/api/v1/orgs/{o}/settings"),
+            &h.admin,
+            json!({"log_retention_months": 6}),
+        )
+        .await;
+    assert_eq!(r.body["log_retention_months"], 6);
+    assert_eq!(h.ctl.expire_logs().await.expect("expire"), 0);
+    h.clock.advance(Duration::from_secs(214 * 86_400));
+    assert_eq!(h.ctl.expire_logs().await.expect("expire"), 1);
+    assert_eq!(log_days(&h, s, &reader).await, json!([]));
+}
+both!(access_logs_of_two_edges_reach_the_store_as_one_day);
+
+async fn log_days(h: &H, site: i64, token: &str) -> Value {
+    h.get(&format!("/api/v1/sites/{site}/logs"), token)
+        .await
+        .body["days"]
+        .clone()
+}

@@ -46,6 +46,8 @@ pub struct FollowOptions {
     pub lease: Duration,
     /// Addresses reported to the control plane.
     pub listen: Vec<String>,
+    /// How often closed access-log days are delivered to the control plane.
+    pub ship_every: Duration,
 }
 
 /// Builds the configuration an edge serves for a state.
@@ -154,11 +156,14 @@ pub fn spawn(edge: Arc<Edge>, opts: FollowOptions) -> Result<FollowHandle, Strin
         client,
         opts,
     });
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(f.clone().run()),
         tokio::spawn(f.clone().send_acks(ack_rx)),
-        tokio::spawn(f.watchdog()),
+        tokio::spawn(f.clone().watchdog()),
     ];
+    if f.edge.access_log.is_some() {
+        tasks.push(tokio::spawn(f.ship_logs()));
+    }
     Ok(FollowHandle { tasks })
 }
 
@@ -423,6 +428,64 @@ impl Follower {
         }
     }
 
+    /// Delivers closed access-log days to the control plane's log store, oldest first; a day is
+    /// marked shipped (and its compressed file removed) only once the control plane has checked
+    /// it against its manifest. Undelivered days wait on disk.
+    async fn ship_logs(self: Arc<Self>) {
+        let Some(log) = self.edge.access_log.clone() else {
+            return;
+        };
+        let dir = log.dir().to_path_buf();
+        let uri = format!("{}/edge/v1/logs", self.opts.control.trim_end_matches('/'));
+        let mut tick = tokio::time::interval(self.opts.ship_every);
+        loop {
+            tick.tick().await;
+            let d = dir.clone();
+            let pending = tokio::task::spawn_blocking(move || unshipped(&d))
+                .await
+                .unwrap_or_default();
+            for (manifest_path, gz_path) in pending {
+                let Ok(manifest) = std::fs::read(&manifest_path) else {
+                    continue;
+                };
+                let Ok(gz) = tokio::fs::read(&gz_path).await else {
+                    continue;
+                };
+                let compact = serde_json::from_slice::<serde_json::Value>(&manifest)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                let req = Request::builder()
+                    .method(Method::PUT)
+                    .uri(&uri)
+                    .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+                    .header("x-relais-manifest", compact)
+                    .header(header::CONTENT_TYPE, "application/gzip")
+                    .body(Full::new(Bytes::from(gz)));
+                let Ok(req) = req else { continue };
+                match self.client.request(req).await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.into_body().collect().await;
+                        let marker = manifest_path.with_extension("shipped");
+                        if let Err(e) = std::fs::write(&marker, b"") {
+                            tracing::warn!(error = %e, "cannot mark a log day shipped");
+                            continue;
+                        }
+                        let _ = std::fs::remove_file(&gz_path);
+                        tracing::info!(file = %gz_path.display(), "access-log day delivered");
+                    }
+                    Ok(r) => {
+                        tracing::warn!(status = %r.status(), file = %gz_path.display(), "log store refused a day");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "log store unreachable");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     async fn send_acks(self: Arc<Self>, mut rx: watch::Receiver<Ack>) {
         let uri = format!("{}/edge/v1/ack", self.opts.control.trim_end_matches('/'));
         loop {
@@ -458,4 +521,33 @@ impl Follower {
             }
         }
     }
+}
+
+/// Closed days not yet delivered: (manifest, compressed file), oldest first.
+fn unshipped(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut out = vec![];
+    let Ok(sites) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for s in sites.flatten() {
+        let Ok(files) = std::fs::read_dir(s.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Some(stem) = name.strip_suffix(".manifest.json") else {
+                continue;
+            };
+            let gz = p.with_file_name(format!("{stem}.log.gz"));
+            if gz.exists() && !p.with_extension("shipped").exists() {
+                out.push((p, gz));
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -222,6 +222,7 @@ async fn a_person_runs_the_main_flows_in_a_real_browser() {
             base: edge_base,
             lease: Duration::from_secs(3),
             listen: vec![edge_addr.to_string()],
+            ship_every: Duration::from_millis(100),
         },
     )
     .expect("follow");

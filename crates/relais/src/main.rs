@@ -66,6 +66,9 @@ enum Command {
         /// Drafts are served on `<site>.<staging-domain>`.
         #[arg(long, default_value = "staging.localhost")]
         staging_domain: String,
+        /// Where the edges' access logs are kept (one merged file per site per day).
+        #[arg(long, default_value = "relais-data/logstore")]
+        log_store: PathBuf,
     },
     /// The audit journal.
     Audit {
@@ -97,6 +100,10 @@ enum Command {
         /// plane (after that, cached objects are revalidated before use).
         #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
         lease: Duration,
+        /// Follower: directory for access logs (one file per site per day, delivered to the
+        /// control plane's log store when the day closes).
+        #[arg(long)]
+        access_log: Option<PathBuf>,
         /// Quick start: admin listener (metrics, purge).
         #[arg(long)]
         admin: Option<SocketAddr>,
@@ -243,12 +250,13 @@ async fn run(cmd: Command) -> Result<()> {
             admin,
             cache_dir,
             reuse_port,
+            access_log,
             ..
         } => {
             let Some(token) = control_token else {
                 bail!("--control-token (or RELAIS_CONTROL_TOKEN) is required with --control")
             };
-            let base = follower_base(&listen, admin, cache_dir, reuse_port);
+            let base = follower_base(&listen, admin, cache_dir, reuse_port, access_log);
             let opts = relais_edge::follow::FollowOptions {
                 control,
                 token,
@@ -256,6 +264,7 @@ async fn run(cmd: Command) -> Result<()> {
                 base,
                 lease,
                 listen: listen.iter().map(|a| a.to_string()).collect(),
+                ship_every: Duration::from_secs(30),
             };
             run_follower(opts).await
         }
@@ -263,12 +272,16 @@ async fn run(cmd: Command) -> Result<()> {
             listen,
             database_url,
             staging_domain,
+            log_store,
         } => {
             prepare_sqlite_dir(&database_url)?;
             let ctl = relais_control::Control::open(
                 &database_url,
                 Arc::new(SystemClock),
-                relais_control::ControlOptions { staging_domain },
+                relais_control::ControlOptions {
+                    staging_domain,
+                    log_store: Some(log_store),
+                },
             )
             .await?;
             if let Some(first) = relais_control::bootstrap::bootstrap(&ctl, None)
@@ -277,6 +290,7 @@ async fn run(cmd: Command) -> Result<()> {
             {
                 print_first_run(&first);
             }
+            let _jobs = ctl.spawn_jobs();
             let running = relais_control::serve_with(
                 ctl.clone(),
                 listen,
@@ -335,7 +349,10 @@ async fn run(cmd: Command) -> Result<()> {
             let ctl = relais_control::Control::open(
                 &url,
                 Arc::new(SystemClock),
-                relais_control::ControlOptions::default(),
+                relais_control::ControlOptions {
+                    log_store: Some(data.join("logstore")),
+                    ..Default::default()
+                },
             )
             .await
             .with_context(|| format!("cannot open the database {url}"))?;
@@ -344,6 +361,7 @@ async fn run(cmd: Command) -> Result<()> {
                     .await
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             let token = ctl.local_edge_token("local").await?;
+            let _jobs = ctl.spawn_jobs();
             let running = relais_control::serve_with(
                 ctl.clone(),
                 control_listen,
@@ -356,9 +374,16 @@ async fn run(cmd: Command) -> Result<()> {
                 control: format!("http://{}", running.addr),
                 token,
                 state_dir: data.join("edge"),
-                base: follower_base(&[listen], Some(admin), Some(data.join("cache")), false),
+                base: follower_base(
+                    &[listen],
+                    Some(admin),
+                    Some(data.join("cache")),
+                    false,
+                    Some(data.join("access-logs")),
+                ),
                 lease: Duration::from_secs(3),
                 listen: vec![listen.to_string()],
+                ship_every: Duration::from_secs(30),
             };
             if let Some(first) = &first {
                 print_first_run(first);
@@ -380,6 +405,7 @@ fn follower_base(
     admin: Option<SocketAddr>,
     cache_dir: Option<PathBuf>,
     reuse_port: bool,
+    access_log: Option<PathBuf>,
 ) -> relais_edge::config::FileConfig {
     use relais_edge::config::{ByteSize, FileCache, FileConfig, FileEdge};
     FileConfig {
@@ -388,6 +414,7 @@ fn follower_base(
             listen: listen.iter().map(|a| a.to_string()).collect(),
             admin: admin.map(|a| a.to_string()),
             reuse_port: Some(reuse_port),
+            access_log,
             ..Default::default()
         },
         cache: FileCache {
