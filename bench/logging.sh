@@ -43,7 +43,8 @@ echo "| Round | logging off (req/s) | logging on (req/s) | on/off |"
 echo "|---|---|---|---|"
 ratios=()
 for r in $(seq "$ROUNDS"); do
-  a=$(rps $OFF); b=$(rps $ON)
+  # Alternate which goes first, so a drift of the machine does not favour one side.
+  if [ $((r % 2)) -eq 1 ]; then a=$(rps $OFF); b=$(rps $ON); else b=$(rps $ON); a=$(rps $OFF); fi
   ratio=$(python3 -c "print(f'{$b/$a:.3f}')")
   ratios+=("$ratio")
   echo "| $r | $a | $b | $ratio |"

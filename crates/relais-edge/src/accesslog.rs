@@ -18,7 +18,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -81,13 +81,23 @@ pub struct Line {
     pub started: Instant,
     pub ip: IpAddr,
     pub method: Method,
-    pub target: String,
+    /// The request target (cheap to clone: the URI shares its buffer).
+    pub target: http::Uri,
     pub version: Version,
     pub status: u16,
     pub bytes: u64,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
+    pub referer: Option<http::HeaderValue>,
+    pub user_agent: Option<http::HeaderValue>,
     pub micros: u64,
+}
+
+fn header_str(v: &Option<http::HeaderValue>) -> Option<&str> {
+    v.as_ref()
+        .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("(binary)"))
+}
+
+fn target_str(u: &http::Uri) -> &str {
+    u.path_and_query().map(|p| p.as_str()).unwrap_or("/")
 }
 
 type Day = i64;
@@ -126,9 +136,18 @@ fn hms(t: SystemTime) -> (u64, u64, u64) {
 
 /// Escapes a field the way nginx does (`"`, `\`, controls and non-ASCII as `\xHH`).
 fn escape(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if s.bytes()
+        .all(|b| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b))
+    {
+        out.push_str(s);
+        return;
+    }
     for b in s.bytes() {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.push_str(&format!("\\x{b:02X}"));
+            out.push_str("\\x");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
         } else {
             out.push(b as char);
         }
@@ -165,36 +184,75 @@ pub const W3C_FIELDS: &str = "date time c-ip cs-method cs-uri-stem cs-uri-query 
 
 /// Formats one line (with its newline).
 pub fn format_line(l: &Line) -> String {
+    let mut s = String::with_capacity(200);
+    format_into(&mut s, l, &mut Stamp::default());
+    s
+}
+
+/// The last formatted timestamp, reused while the second does not change (the writer formats
+/// tens of thousands of lines per second).
+#[derive(Default)]
+pub struct Stamp {
+    secs: u64,
+    format: Option<LogFormat>,
+    text: String,
+}
+
+impl Stamp {
+    fn get(&mut self, at: SystemTime, format: LogFormat) -> &str {
+        let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let w3c = format == LogFormat::W3c;
+        if secs != self.secs
+            || self.format.map(|f| f == LogFormat::W3c) != Some(w3c)
+            || self.text.is_empty()
+        {
+            let (h, m, sec) = hms(at);
+            let day = day_of(at);
+            self.text = if w3c {
+                format!("{} {h:02}:{m:02}:{sec:02}", date_string(day))
+            } else {
+                let (y, mo, d) = civil(day);
+                format!(
+                    "[{d:02}/{}/{y:04}:{h:02}:{m:02}:{sec:02} +0000]",
+                    MONTHS[(mo - 1) as usize]
+                )
+            };
+            self.secs = secs;
+            self.format = Some(format);
+        }
+        &self.text
+    }
+}
+
+/// Appends one line (with its newline) to `s`.
+pub fn format_into(s: &mut String, l: &Line, stamp: &mut Stamp) {
+    use std::fmt::Write as _;
     let ip = if l.opts.truncate_ip {
         truncate(l.ip)
     } else {
         l.ip
     };
-    let mut s = String::with_capacity(200);
-    let (h, m, sec) = hms(l.at);
     match l.opts.format {
         LogFormat::Combined | LogFormat::Common => {
-            let (y, mo, d) = civil(day_of(l.at));
-            s.push_str(&format!(
-                "{ip} - - [{d:02}/{}/{y:04}:{h:02}:{m:02}:{sec:02} +0000] \"",
-                MONTHS[(mo - 1) as usize]
-            ));
-            escape(&mut s, l.method.as_str());
+            let _ = write!(s, "{ip} - - ");
+            s.push_str(stamp.get(l.at, l.opts.format));
+            s.push_str(" \"");
+            escape(s, l.method.as_str());
             s.push(' ');
-            escape(&mut s, &l.target);
+            escape(s, target_str(&l.target));
             s.push(' ');
             s.push_str(version_str(l.version));
-            s.push_str(&format!("\" {} ", l.status));
+            let _ = write!(s, "\" {} ", l.status);
             if l.bytes == 0 {
                 s.push('-');
             } else {
-                s.push_str(&l.bytes.to_string());
+                let _ = write!(s, "{}", l.bytes);
             }
             if l.opts.format == LogFormat::Combined {
                 s.push_str(" \"");
-                escape(&mut s, l.referer.as_deref().unwrap_or("-"));
+                escape(s, header_str(&l.referer).unwrap_or("-"));
                 s.push_str("\" \"");
-                escape(&mut s, l.user_agent.as_deref().unwrap_or("-"));
+                escape(s, header_str(&l.user_agent).unwrap_or("-"));
                 s.push('"');
             }
         }
@@ -207,32 +265,25 @@ pub fn format_line(l: &Line) -> String {
                 }
                 _ => s.push('-'),
             };
-            s.push_str(&format!(
-                "{} {h:02}:{m:02}:{sec:02} {ip} ",
-                date_string(day_of(l.at))
-            ));
-            w(&mut s, Some(l.method.as_str()));
+            s.push_str(stamp.get(l.at, l.opts.format));
+            let _ = write!(s, " {ip} ");
+            w(s, Some(l.method.as_str()));
             s.push(' ');
-            let (stem, query) = match l.target.split_once('?') {
+            let target = target_str(&l.target);
+            let (stem, query) = match target.split_once('?') {
                 Some((a, b)) => (a, Some(b)),
-                None => (l.target.as_str(), None),
+                None => (target, None),
             };
-            w(&mut s, Some(stem));
+            w(s, Some(stem));
             s.push(' ');
-            w(&mut s, query);
-            s.push_str(&format!(
-                " {} {} {:.3} ",
-                l.status,
-                l.bytes,
-                l.micros as f64 / 1e6
-            ));
-            w(&mut s, l.user_agent.as_deref());
+            w(s, query);
+            let _ = write!(s, " {} {} {:.3} ", l.status, l.bytes, l.micros as f64 / 1e6);
+            w(s, header_str(&l.user_agent));
             s.push(' ');
-            w(&mut s, l.referer.as_deref());
+            w(s, header_str(&l.referer));
         }
     }
     s.push('\n');
-    s
 }
 
 /// The per-site, per-day manifest written when a day closes.
@@ -515,6 +566,8 @@ fn writer(
     log: std::sync::Weak<AccessLog>,
 ) {
     let mut open: HashMap<(Arc<str>, Day), Open> = HashMap::new();
+    let mut buf = String::with_capacity(512);
+    let mut stamp = Stamp::default();
     let mut last_formats: HashMap<Arc<str>, SiteLog> = HashMap::new();
     // Close what a previous run left open.
     let grace_days = |now: SystemTime| day_of(now.checked_sub(grace).unwrap_or(now));
@@ -524,16 +577,19 @@ fn writer(
         }
     }
     loop {
-        let first = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) => Some(l),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut batch: Vec<Line> = first.into_iter().collect();
-        while batch.len() < 10_000 {
+        // Batches: the writer sleeps between drains instead of being woken for every line, so
+        // requests never pay for a thread wake-up.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut batch: Vec<Line> = Vec::new();
+        let mut disconnected = false;
+        while batch.len() < QUEUE {
             match rx.try_recv() {
                 Ok(l) => batch.push(l),
-                Err(_) => break,
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
             }
         }
         let Some(owner) = log.upgrade() else { break };
@@ -556,7 +612,9 @@ fn writer(
             let Some(o) = open.get_mut(&key) else {
                 continue;
             };
-            match o.w.write_all(format_line(&l).as_bytes()) {
+            buf.clear();
+            format_into(&mut buf, &l, &mut stamp);
+            match o.w.write_all(buf.as_bytes()) {
                 Ok(()) => {
                     owner.written.fetch_add(1, Ordering::Relaxed);
                 }
@@ -595,6 +653,9 @@ fn writer(
             }
         }
         drop(owner);
+        if disconnected {
+            break;
+        }
     }
     for (_, mut o) in open {
         let _ = o.w.flush();
@@ -617,12 +678,14 @@ mod tests {
             started: Instant::now(),
             ip: "192.0.2.7".parse().expect("ip"),
             method: Method::GET,
-            target: "/a b?x=\"1\"".into(),
+            target: http::Uri::from_static("/a%20b?x=%221%22"),
             version: Version::HTTP_11,
             status: 200,
             bytes: 512,
-            referer: Some("https://r.example/".into()),
-            user_agent: Some("curl/8 \"quoted\" é".into()),
+            referer: Some(http::HeaderValue::from_static("https://r.example/")),
+            user_agent: Some(
+                http::HeaderValue::from_bytes("curl/8 \"quoted\" é".as_bytes()).expect("ua"),
+            ),
             micros: 1500,
         }
     }
@@ -642,24 +705,43 @@ mod tests {
         let c = format_line(&line(LogFormat::Combined));
         assert_eq!(
             c,
-            "192.0.2.7 - - [22/Nov/2026:08:22:03 +0000] \"GET /a b?x=\\x221\\x22 HTTP/1.1\" 200 512 \"https://r.example/\" \"curl/8 \\x22quoted\\x22 \\xC3\\xA9\"\n"
+            "192.0.2.7 - - [22/Nov/2026:08:22:03 +0000] \"GET /a%20b?x=%221%22 HTTP/1.1\" 200 512 \"https://r.example/\" \"curl/8 \\x22quoted\\x22 \\xC3\\xA9\"\n"
         );
         let mut l = line(LogFormat::Common);
         l.bytes = 0;
         l.opts.truncate_ip = true;
         assert_eq!(
             format_line(&l),
-            "192.0.2.0 - - [22/Nov/2026:08:22:03 +0000] \"GET /a b?x=\\x221\\x22 HTTP/1.1\" 200 -\n"
+            "192.0.2.0 - - [22/Nov/2026:08:22:03 +0000] \"GET /a%20b?x=%221%22 HTTP/1.1\" 200 -\n"
         );
         let w = format_line(&line(LogFormat::W3c));
         assert_eq!(
             w,
-            "2026-11-22 08:22:03 192.0.2.7 GET /a+b x=\\x221\\x22 200 512 0.002 curl/8+\\x22quoted\\x22+\\xC3\\xA9 https://r.example/\n"
+            "2026-11-22 08:22:03 192.0.2.7 GET /a%20b x=%221%22 200 512 0.002 curl/8+\\x22quoted\\x22+\\xC3\\xA9 https://r.example/\n"
         );
         let mut v6 = line(LogFormat::Common);
         v6.ip = "2001:db8:1:2:3:4:5:6".parse().expect("ip");
         v6.opts.truncate_ip = true;
         assert!(format_line(&v6).starts_with("2001:db8:1:: - -"));
+    }
+
+    #[test]
+    fn the_cached_timestamp_never_leaks_between_formats_or_seconds() {
+        let mut stamp = Stamp::default();
+        let mut l = line(LogFormat::Combined);
+        for (format, plus) in [
+            (LogFormat::Combined, 0),
+            (LogFormat::W3c, 0),
+            (LogFormat::Common, 0),
+            (LogFormat::Common, 1),
+            (LogFormat::W3c, 86_400),
+        ] {
+            l.opts.format = format;
+            l.at = UNIX_EPOCH + Duration::from_secs(1_795_335_723 + plus);
+            let mut s = String::new();
+            format_into(&mut s, &l, &mut stamp);
+            assert_eq!(s, format_line(&l), "{format:?} +{plus}");
+        }
     }
 
     #[test]

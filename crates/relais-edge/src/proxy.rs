@@ -388,21 +388,11 @@ impl Edge {
         };
         let at = self.clock.now();
         let started = std::time::Instant::now();
-        let header = |h: header::HeaderName| {
-            req.headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(1024).collect::<String>())
-        };
-        let referer = header(header::REFERER);
-        let user_agent = header(header::USER_AGENT);
+        let referer = req.headers().get(header::REFERER).cloned();
+        let user_agent = req.headers().get(header::USER_AGENT).cloned();
         let method = req.method().clone();
         let version = req.version();
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().chars().take(8192).collect())
-            .unwrap_or_else(|| "/".to_owned());
+        let target = req.uri().clone();
         let ip = conn.remote.ip();
         let mut routed = None;
         let resp = self.handle_inner(req, conn, &mut routed).await;
