@@ -358,7 +358,7 @@ async fn totp_confirm(
 async fn org_json(st: &Control, org_id: i64) -> ApiResult<Value> {
     let r = st
         .db
-        .q("SELECT id, parent_id, slug, name, created_at, log_retention_months FROM orgs WHERE id = ?")
+        .q("SELECT id, parent_id, slug, name, created_at, log_retention_months, log_recipients, language FROM orgs WHERE id = ?")
         .bind(org_id)
         .fetch_optional(&st.db.pool)
         .await?
@@ -370,6 +370,8 @@ async fn org_json(st: &Control, org_id: i64) -> ApiResult<Value> {
         "name": col::<String>(&r, "name")?,
         "created_at": col::<i64>(&r, "created_at")?,
         "log_retention_months": col::<i64>(&r, "log_retention_months")?,
+        "log_recipients": serde_json::from_str::<Value>(&col::<String>(&r, "log_recipients")?).unwrap_or(json!([])),
+        "language": col::<String>(&r, "language")?,
     }))
 }
 
@@ -1104,6 +1106,7 @@ async fn edge_logs(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult<
         })?;
     let store = store.clone();
     let name = edge.name.clone();
+    let (site, date) = (manifest.site.clone(), manifest.date.clone());
     let day = tokio::task::spawn_blocking(move || store.put(&name, &manifest, &body))
         .await
         .map_err(|_| ApiError::new("internal", "internal error"))?
@@ -1114,6 +1117,14 @@ async fn edge_logs(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult<
             }
             other => ApiError::invalid("log", other.to_string()),
         })?;
+    // Tell the organisation when every edge has delivered (in the background: the edge's
+    // delivery is done).
+    let me = st.clone();
+    tokio::spawn(async move {
+        if let Err(e) = me.notify_log_day(&site, &date).await {
+            tracing::warn!(site, date, error = e.message, "logs-ready mail not sent");
+        }
+    });
     Ok(Json(serde_json::to_value(day).unwrap_or(Value::Null)))
 }
 
@@ -1159,7 +1170,14 @@ async fn site_log_day(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrgSettings {
-    log_retention_months: i64,
+    #[serde(default)]
+    log_retention_months: Option<i64>,
+    /// Who receives "logs ready" messages.
+    #[serde(default)]
+    log_recipients: Option<Vec<String>>,
+    /// `fr` or `en`, for messages.
+    #[serde(default)]
+    language: Option<String>,
 }
 
 async fn org_settings(
@@ -1170,25 +1188,62 @@ async fn org_settings(
 ) -> ApiResult<Json<Value>> {
     let oid = id(&oid)?;
     st.check(&actor, oid, Perm::Admin).await?;
-    if !(6..=120).contains(&b.log_retention_months) {
+    if let Some(m) = b.log_retention_months
+        && !(6..=120).contains(&m)
+    {
         return Err(ApiError::invalid(
             "log_retention_months",
             "between 6 and 120 months / entre 6 et 120 mois",
         ));
     }
+    if let Some(l) = &b.language
+        && l != "fr"
+        && l != "en"
+    {
+        return Err(ApiError::invalid("language", "fr or en / fr ou en"));
+    }
+    if let Some(r) = &b.log_recipients {
+        if r.len() > 50 {
+            return Err(ApiError::invalid("log_recipients", "at most 50 addresses"));
+        }
+        for (i, a) in r.iter().enumerate() {
+            if a.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(ApiError::invalid(
+                    format!("log_recipients[{i}]"),
+                    "not an e-mail address / adresse e-mail invalide",
+                ));
+            }
+        }
+    }
     let _w = st.writer.lock().await;
     let now = st.clock.now();
     let mut tx = st.db.begin().await?;
-    let before = st
+    let row = st
         .db
-        .q("SELECT log_retention_months FROM orgs WHERE id = ?")
+        .q("SELECT log_retention_months, log_recipients, language FROM orgs WHERE id = ?")
         .bind(oid)
         .fetch_one(&mut *tx)
         .await?;
-    let before: i64 = col(&before, "log_retention_months")?;
+    let before = json!({
+        "log_retention_months": col::<i64>(&row, "log_retention_months")?,
+        "log_recipients": serde_json::from_str::<Value>(&col::<String>(&row, "log_recipients")?).unwrap_or(json!([])),
+        "language": col::<String>(&row, "language")?,
+    });
+    let mut after = before.clone();
+    if let Some(m) = b.log_retention_months {
+        after["log_retention_months"] = json!(m);
+    }
+    if let Some(r) = &b.log_recipients {
+        after["log_recipients"] = json!(r);
+    }
+    if let Some(l) = &b.language {
+        after["language"] = json!(l);
+    }
     st.db
-        .q("UPDATE orgs SET log_retention_months = ? WHERE id = ?")
-        .bind(b.log_retention_months)
+        .q("UPDATE orgs SET log_retention_months = ?, log_recipients = ?, language = ? WHERE id = ?")
+        .bind(after["log_retention_months"].as_i64().unwrap_or(13))
+        .bind(after["log_recipients"].to_string())
+        .bind(after["language"].as_str().unwrap_or("fr").to_owned())
         .bind(oid)
         .execute(&mut *tx)
         .await?;
@@ -1201,8 +1256,8 @@ async fn org_settings(
             org_id: Some(oid),
             action: "org.settings",
             target: format!("org #{oid}"),
-            before: Some(json!({"log_retention_months": before})),
-            after: Some(json!({"log_retention_months": b.log_retention_months})),
+            before: Some(before),
+            after: Some(after),
         },
     )
     .await?;

@@ -173,6 +173,10 @@ ALTER TABLE edges ADD COLUMN origins_down TEXT NOT NULL DEFAULT '[]';
     r#"
 ALTER TABLE orgs ADD COLUMN log_retention_months {INT} NOT NULL DEFAULT 13;
 "#,
+    r#"
+ALTER TABLE orgs ADD COLUMN log_recipients TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE orgs ADD COLUMN language TEXT NOT NULL DEFAULT 'fr';
+"#,
 ];
 
 impl Db {

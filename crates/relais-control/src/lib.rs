@@ -21,6 +21,7 @@ pub mod definition;
 pub mod edges;
 pub mod error;
 pub mod logs;
+pub mod mail;
 pub mod members;
 pub mod openapi;
 pub mod sites;
@@ -41,6 +42,10 @@ pub struct ControlOptions {
     pub staging_domain: String,
     /// Where edges' access logs are kept (none: edges keep them).
     pub log_store: Option<std::path::PathBuf>,
+    /// The operator's SMTP relay (none: no mail is sent).
+    pub smtp: Option<mail::SmtpConfig>,
+    /// The extranet's public address, for links in messages.
+    pub public_url: Option<String>,
 }
 
 impl Default for ControlOptions {
@@ -48,6 +53,8 @@ impl Default for ControlOptions {
         Self {
             staging_domain: "staging.localhost".into(),
             log_store: None,
+            smtp: None,
+            public_url: None,
         }
     }
 }
@@ -71,6 +78,7 @@ pub struct Control {
     pub acks: watch::Sender<u64>,
     pub(crate) throttle: Mutex<HashMap<String, (u32, std::time::SystemTime)>>,
     pub logs: Option<logs::LogStore>,
+    pub mailer: Option<mail::Mailer>,
 }
 
 impl Control {
@@ -85,7 +93,14 @@ impl Control {
             config_seq: db.counter("config_seq").await?,
             purge_seq: edges::purge_head(&db).await?,
         };
+        let mailer = match &opts.smtp {
+            Some(c) => {
+                Some(mail::Mailer::new(c).map_err(|e| DbError::Url(format!("SMTP relay: {e}")))?)
+            }
+            None => None,
+        };
         Ok(Arc::new(Control {
+            mailer,
             logs: opts.log_store.clone().map(logs::LogStore::new),
             db,
             clock,

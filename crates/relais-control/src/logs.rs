@@ -410,6 +410,83 @@ impl crate::Control {
         Ok(removed)
     }
 
+    /// Sends "logs ready" to the site's organisation once every registered edge has delivered
+    /// its part of the day; at most once per site-day (a marker in the store). Returns whether a
+    /// message was sent.
+    pub async fn notify_log_day(&self, site: &str, date: &str) -> crate::error::ApiResult<bool> {
+        let (Some(store), Some(mailer)) = (&self.logs, &self.mailer) else {
+            return Ok(false);
+        };
+        let marker = store.root().join(site).join(date).join("notified");
+        if marker.exists() {
+            return Ok(false);
+        }
+        let Some(day) = store
+            .days(site)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|d| d.date == date)
+        else {
+            return Ok(false);
+        };
+        let edges = self
+            .db
+            .q("SELECT COUNT(*) AS n FROM edges")
+            .fetch_one(&self.db.pool)
+            .await?;
+        if (day.edges.len() as i64) < crate::db::col::<i64>(&edges, "n")? {
+            return Ok(false);
+        }
+        let Some(row) = self
+            .db
+            .q("SELECT s.id, o.log_recipients, o.language FROM sites s JOIN orgs o ON o.id = s.org_id WHERE s.name = ?")
+            .bind(site.to_owned())
+            .fetch_optional(&self.db.pool)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let recipients: Vec<String> =
+            serde_json::from_str(&crate::db::col::<String>(&row, "log_recipients")?)
+                .unwrap_or_default();
+        if recipients.is_empty() {
+            return Ok(false);
+        }
+        let id: i64 = crate::db::col(&row, "id")?;
+        let lang: String = crate::db::col(&row, "language")?;
+        let link = format!(
+            "{}/api/v1/sites/{id}/logs/{date}",
+            self.opts
+                .public_url
+                .as_deref()
+                .unwrap_or("")
+                .trim_end_matches('/')
+        );
+        let (subject, body) = crate::mail::logs_ready(
+            &lang,
+            site,
+            date,
+            day.lines,
+            day.edges.len(),
+            day.complete,
+            &link,
+            &day.sha256,
+        );
+        mailer
+            .send(&recipients, &subject, &body)
+            .await
+            .map_err(|e| crate::error::ApiError::new("internal", e))?;
+        std::fs::write(&marker, b"")
+            .map_err(|e| crate::error::ApiError::new("internal", e.to_string()))?;
+        tracing::info!(
+            site,
+            date,
+            recipients = recipients.len(),
+            "logs-ready mail sent"
+        );
+        Ok(true)
+    }
+
     /// Runs the hourly jobs (log retention) until the process ends.
     pub fn spawn_jobs(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
@@ -419,6 +496,16 @@ impl crate::Control {
                 tick.tick().await;
                 if let Err(e) = me.expire_logs().await {
                     tracing::warn!(error = e.message, "log expiry failed");
+                }
+                // Messages that could not be sent when the day arrived.
+                if let Some(store) = &me.logs {
+                    for site in store.sites() {
+                        for day in store.days(&site).unwrap_or_default().into_iter().take(3) {
+                            if let Err(e) = me.notify_log_day(&site, &day.date).await {
+                                tracing::warn!(site, error = e.message, "logs-ready mail not sent");
+                            }
+                        }
+                    }
                 }
             }
         })

@@ -81,6 +81,7 @@ async fn database(kind: Kind, dir: &Path) -> Option<String> {
 }
 
 struct H {
+    sink: relais_testkit::SmtpSink,
     ctl: Arc<Control>,
     running: Option<relais_control::Running>,
     base: String,
@@ -104,11 +105,20 @@ impl H {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = database(kind, dir.path()).await?;
         let clock = ManualClock::new();
+        let sink = relais_testkit::SmtpSink::start().await;
         let ctl = Control::open(
             &url,
             Arc::new(clock.clone()),
             ControlOptions {
                 log_store: Some(dir.path().join("logstore")),
+                smtp: Some(
+                    relais_control::mail::SmtpConfig::parse(
+                        &format!("smtp://{}", sink.addr),
+                        "Relais <relais@plateforme.test>",
+                    )
+                    .expect("smtp"),
+                ),
+                public_url: Some("https://extranet.test".into()),
                 ..Default::default()
             },
         )
@@ -127,6 +137,7 @@ impl H {
             .build()
             .expect("client");
         let mut h = H {
+            sink,
             ctl,
             running: Some(running),
             base,
@@ -1561,6 +1572,22 @@ async fn access_logs_of_two_edges_reach_the_store_as_one_day(kind: Kind) {
         .await
     );
     let expected = written(&e1) + written(&e2);
+    let r = h
+        .put(
+            &format!("/api/v1/orgs/{o}/settings"),
+            &h.admin,
+            json!({"log_recipients": ["webmestre@journal.test", "dsi@journal.test"], "language": "en"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let bad = h
+        .put(
+            &format!("/api/v1/orgs/{o}/settings"),
+            &h.admin,
+            json!({"log_recipients": ["pas une adresse"]}),
+        )
+        .await;
+    assert_eq!(bad.body["field"], "log_recipients[0]");
     // Midnight: each edge closes its day and delivers it; the store merges both.
     h.clock.advance(Duration::from_secs(86_400 + 60));
     assert!(
@@ -1596,6 +1623,40 @@ async fn access_logs_of_two_edges_reach_the_store_as_one_day(kind: Kind) {
             "{p} missing:\n{text}"
         );
     }
+    // Once both edges have delivered, the organisation's recipients get one message, through
+    // a real SMTP exchange.
+    assert!(
+        until(Duration::from_secs(5), || async {
+            !h.sink.received().is_empty()
+        })
+        .await,
+        "no mail"
+    );
+    let mails = h.sink.received();
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    assert_eq!(mail.from, "relais@plateforme.test");
+    assert_eq!(mail.to, ["webmestre@journal.test", "dsi@journal.test"]);
+    assert!(
+        mail.data.contains("The access logs of site journal"),
+        "{}",
+        mail.data
+    );
+    assert!(
+        mail.data.contains(&format!(
+            "https://extranet.test/api/v1/sites/{s}/logs/{date}"
+        )),
+        "{}",
+        mail.data
+    );
+    assert!(mail.data.contains(d[0]["sha256"].as_str().expect("sha")));
+    assert!(
+        !h.ctl
+            .notify_log_day("journal", &date)
+            .await
+            .expect("notify"),
+        "sent twice"
+    );
     // Delivered days leave the edges' disks.
     assert!(
         until(Duration::from_secs(5), || async {

@@ -363,3 +363,115 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A message received by [`SmtpSink`].
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The DATA section (headers and body), dot-unstuffed.
+    pub data: String,
+}
+
+/// A small SMTP server on loopback that accepts every message and keeps it, so tests can read
+/// what a real SMTP client sent (RFC 5321 commands: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP,
+/// QUIT).
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    pub mails: Arc<Mutex<Vec<Mail>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmtpSink {
+    pub async fn start() -> SmtpSink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind smtp sink");
+        let addr = listener.local_addr().expect("addr");
+        let mails: Arc<Mutex<Vec<Mail>>> = Arc::default();
+        let store = mails.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let _ = smtp_session(stream, store).await;
+                });
+            }
+        });
+        SmtpSink { addr, mails, task }
+    }
+
+    pub fn received(&self) -> Vec<Mail> {
+        self.mails.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+async fn smtp_session(
+    stream: tokio::net::TcpStream,
+    store: Arc<Mutex<Vec<Mail>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(b"220 sink.test ESMTP\r\n").await?;
+    let (mut from, mut to) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_owned();
+        let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            w.write_all(b"250-sink.test\r\n250 8BITMIME\r\n").await?;
+        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+            w.write_all(b"250 ok\r\n").await?;
+        } else if upper.starts_with("RSET") {
+            from.clear();
+            to.clear();
+            w.write_all(b"250 ok\r\n").await?;
+        } else if upper.starts_with("MAIL FROM:") {
+            from = cmd[10..].trim().trim_matches(['<', '>']).to_owned();
+            w.write_all(b"250 ok\r\n").await?;
+        } else if upper.starts_with("RCPT TO:") {
+            to.push(cmd[8..].trim().trim_matches(['<', '>']).to_owned());
+            w.write_all(b"250 ok\r\n").await?;
+        } else if upper == "DATA" {
+            w.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" || line == ".\n" {
+                    break;
+                }
+                data.push_str(line.strip_prefix('.').unwrap_or(&line));
+            }
+            if let Ok(mut m) = store.lock() {
+                m.push(Mail {
+                    from: std::mem::take(&mut from),
+                    to: std::mem::take(&mut to),
+                    data,
+                });
+            }
+            w.write_all(b"250 queued\r\n").await?;
+        } else if upper == "QUIT" {
+            w.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            w.write_all(b"502 not implemented\r\n").await?;
+        }
+    }
+}

@@ -51,6 +51,8 @@ enum Command {
         /// Database URL (default: SQLite in the data directory; or postgres://…).
         #[arg(long, env = "RELAIS_DATABASE_URL")]
         database_url: Option<String>,
+        #[command(flatten)]
+        mail: MailArgs,
     },
     /// Run the control plane alone (edges follow it with `relais edge --control URL`).
     Control {
@@ -69,6 +71,8 @@ enum Command {
         /// Where the edges' access logs are kept (one merged file per site per day).
         #[arg(long, default_value = "relais-data/logstore")]
         log_store: PathBuf,
+        #[command(flatten)]
+        mail: MailArgs,
     },
     /// The audit journal.
     Audit {
@@ -130,6 +134,34 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
     },
+}
+
+/// Outgoing mail (logs-ready messages).
+#[derive(clap::Args)]
+struct MailArgs {
+    /// The operator's SMTP relay: smtp://host:port or smtp+starttls://host:port.
+    #[arg(long, env = "RELAIS_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender address of messages.
+    #[arg(
+        long,
+        default_value = "Relais <relais@localhost>",
+        env = "RELAIS_MAIL_FROM"
+    )]
+    mail_from: String,
+    /// The extranet's public address, for links in messages.
+    #[arg(long, env = "RELAIS_PUBLIC_URL")]
+    public_url: Option<String>,
+}
+
+impl MailArgs {
+    fn smtp(&self) -> Result<Option<relais_control::mail::SmtpConfig>> {
+        self.smtp_url
+            .as_deref()
+            .map(|u| relais_control::mail::SmtpConfig::parse(u, &self.mail_from))
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Subcommand)]
@@ -273,6 +305,7 @@ async fn run(cmd: Command) -> Result<()> {
             database_url,
             staging_domain,
             log_store,
+            mail,
         } => {
             prepare_sqlite_dir(&database_url)?;
             let ctl = relais_control::Control::open(
@@ -281,6 +314,8 @@ async fn run(cmd: Command) -> Result<()> {
                 relais_control::ControlOptions {
                     staging_domain,
                     log_store: Some(log_store),
+                    smtp: mail.smtp()?,
+                    public_url: mail.public_url.clone(),
                 },
             )
             .await?;
@@ -338,6 +373,7 @@ async fn run(cmd: Command) -> Result<()> {
             control_listen,
             demo_origin,
             database_url,
+            mail,
         } => {
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("cannot create {}", data.display()))?;
@@ -351,6 +387,12 @@ async fn run(cmd: Command) -> Result<()> {
                 Arc::new(SystemClock),
                 relais_control::ControlOptions {
                     log_store: Some(data.join("logstore")),
+                    smtp: mail.smtp()?,
+                    public_url: Some(
+                        mail.public_url
+                            .clone()
+                            .unwrap_or_else(|| format!("http://{control_listen}")),
+                    ),
                     ..Default::default()
                 },
             )
