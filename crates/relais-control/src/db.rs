@@ -177,6 +177,17 @@ ALTER TABLE orgs ADD COLUMN log_retention_months {INT} NOT NULL DEFAULT 13;
 ALTER TABLE orgs ADD COLUMN log_recipients TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE orgs ADD COLUMN language TEXT NOT NULL DEFAULT 'fr';
 "#,
+    r#"
+CREATE TABLE ssh_keys (
+    id {ID},
+    user_id {INT} NOT NULL REFERENCES users(id),
+    name TEXT NOT NULL,
+    key_text TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at {INT} NOT NULL
+);
+CREATE INDEX ssh_keys_user ON ssh_keys(user_id);
+"#,
 ];
 
 impl Db {

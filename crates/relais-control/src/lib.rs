@@ -24,6 +24,7 @@ pub mod logs;
 pub mod mail;
 pub mod members;
 pub mod openapi;
+pub mod sftp;
 pub mod sites;
 
 use std::collections::HashMap;

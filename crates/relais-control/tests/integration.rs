@@ -1713,3 +1713,178 @@ async fn log_days(h: &H, site: i64, token: &str) -> Value {
         .body["days"]
         .clone()
 }
+
+/// Puts one day of logs for a site in the store, as an edge would deliver it.
+fn store_day(h: &H, site: &str, lines: &[&str]) -> Vec<u8> {
+    let tmp = h.dir.path().join(format!("day-{site}"));
+    let day = 20_779; // 2026-11-22
+    let (plain, gz, man) = relais_edge::accesslog::paths(&tmp, site, "2026-11-22");
+    std::fs::create_dir_all(plain.parent().expect("dir")).expect("dir");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&plain, text).expect("write");
+    relais_edge::accesslog::close_day(&tmp, site, day, Default::default(), 0).expect("close");
+    let m: relais_edge::accesslog::Manifest =
+        serde_json::from_slice(&std::fs::read(man).expect("manifest")).expect("json");
+    let store = h.ctl.logs.as_ref().expect("store");
+    store
+        .put("paris-1", &m, &std::fs::read(gz).expect("gz"))
+        .expect("put");
+    std::fs::read(store.file(site, "2026-11-22").expect("file")).expect("read")
+}
+
+async fn sftp(port: u16, user: &str, key: &std::path::Path, batch: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = dir.path().join("batch");
+    std::fs::write(&b, batch).expect("batch");
+    let out = tokio::process::Command::new("sftp")
+        .arg("-b")
+        .arg(&b)
+        .arg("-P")
+        .arg(port.to_string())
+        .arg("-i")
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+        ])
+        .arg(format!("User={user}"))
+        .arg("127.0.0.1")
+        .output()
+        .await
+        .expect("sftp client");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(name);
+    let ok = tokio::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .await
+        .expect("ssh-keygen");
+    assert!(ok.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    (key, public)
+}
+
+async fn sftp_serves_each_customer_only_their_logs_read_only(kind: Kind) {
+    let Some(h) = H::new(kind).await else { return };
+    let a = h.org("org-a", None, &h.admin).await;
+    let b = h.org("org-b", None, &h.admin).await;
+    h.site(a, "sitea", "a.test", "http://127.0.0.1:9").await;
+    h.site(b, "siteb", "b.test", "http://127.0.0.1:9").await;
+    let day_a = store_day(
+        &h,
+        "sitea",
+        &["1.2.3.4 - - [22/Nov/2026:08:00:00 +0000] \"GET / HTTP/1.1\" 200 5 \"-\" \"-\""],
+    );
+    store_day(
+        &h,
+        "siteb",
+        &["5.6.7.8 - - [22/Nov/2026:08:00:00 +0000] \"GET /secret HTTP/1.1\" 200 5 \"-\" \"-\""],
+    );
+    let alice = h.person(a, "alice@a.test", "viewer").await;
+    let (key, public) = keygen(h.dir.path(), "alice").await;
+    let bad = h
+        .post(
+            "/api/v1/auth/ssh-keys",
+            &alice,
+            json!({"key": "ssh-ed25519 notakey"}),
+        )
+        .await;
+    assert_eq!(bad.status, 422);
+    let r = h
+        .post("/api/v1/auth/ssh-keys", &alice, json!({"key": public}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(
+        r.body["fingerprint"]
+            .as_str()
+            .expect("fp")
+            .starts_with("SHA256:")
+    );
+    let (addr, _task) =
+        relais_control::sftp::serve(h.ctl.clone(), "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("sftp");
+    let port = addr.port();
+    // Alice lists her sites and fetches a day with the OpenSSH client.
+    let got = h.dir.path().join("got.gz");
+    let (ok, out) = sftp(
+        port,
+        "alice@a.test",
+        &key,
+        &format!(
+            "ls /\nls /sitea\nget /sitea/sitea-2026-11-22.log.gz {}\n",
+            got.display()
+        ),
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("sitea-2026-11-22.log.gz") && out.contains("sitea-2026-11-22.manifest.json"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("siteb"),
+        "another tenant's site is listed: {out}"
+    );
+    assert_eq!(std::fs::read(&got).expect("got"), day_a);
+    // Another tenant's files, climbing out, and writing: all refused.
+    for batch in [
+        "ls /siteb\n".to_owned(),
+        "get /siteb/siteb-2026-11-22.log.gz /tmp/x\n".to_owned(),
+        "get /sitea/../../etc/passwd /tmp/x\n".to_owned(),
+        format!("put {} /sitea/new.log.gz\n", got.display()),
+        "rm /sitea/sitea-2026-11-22.log.gz\n".to_owned(),
+        "mkdir /sitea/x\n".to_owned(),
+    ] {
+        let (ok, out) = sftp(port, "alice@a.test", &key, &batch).await;
+        assert!(!ok, "{batch} succeeded: {out}");
+    }
+    assert!(
+        h.ctl
+            .logs
+            .as_ref()
+            .expect("store")
+            .file("sitea", "2026-11-22")
+            .is_ok()
+    );
+    // A key that is not registered gets nothing.
+    let (other, _) = keygen(h.dir.path(), "mallory").await;
+    let (ok, _) = sftp(port, "alice@a.test", &other, "ls /\n").await;
+    assert!(!ok);
+    // Removing the key closes the door.
+    let kid = h.get("/api/v1/auth/ssh-keys", &alice).await.body["keys"][0]["id"]
+        .as_i64()
+        .expect("id");
+    let r = h
+        .req(
+            Method::DELETE,
+            &format!("/api/v1/auth/ssh-keys/{kid}"),
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let (ok, _) = sftp(port, "alice@a.test", &key, "ls /\n").await;
+    assert!(!ok);
+}
+both!(sftp_serves_each_customer_only_their_logs_read_only);

@@ -53,6 +53,9 @@ enum Command {
         database_url: Option<String>,
         #[command(flatten)]
         mail: MailArgs,
+        /// SFTP access to the access logs (customers sign in with a password or an SSH key).
+        #[arg(long, default_value = "127.0.0.1:2222", env = "RELAIS_SFTP_LISTEN")]
+        sftp_listen: SocketAddr,
     },
     /// Run the control plane alone (edges follow it with `relais edge --control URL`).
     Control {
@@ -73,6 +76,9 @@ enum Command {
         log_store: PathBuf,
         #[command(flatten)]
         mail: MailArgs,
+        /// SFTP access to the access logs (customers sign in with a password or an SSH key).
+        #[arg(long, default_value = "127.0.0.1:2222", env = "RELAIS_SFTP_LISTEN")]
+        sftp_listen: SocketAddr,
     },
     /// The audit journal.
     Audit {
@@ -306,6 +312,7 @@ async fn run(cmd: Command) -> Result<()> {
             staging_domain,
             log_store,
             mail,
+            sftp_listen,
         } => {
             prepare_sqlite_dir(&database_url)?;
             let ctl = relais_control::Control::open(
@@ -326,6 +333,10 @@ async fn run(cmd: Command) -> Result<()> {
                 print_first_run(&first);
             }
             let _jobs = ctl.spawn_jobs();
+            let (sftp_addr, _sftp) = relais_control::sftp::serve(ctl.clone(), sftp_listen)
+                .await
+                .with_context(|| format!("cannot start SFTP on {sftp_listen}"))?;
+            tracing::info!(addr = %sftp_addr, "SFTP listening (access logs, read-only)");
             let running = relais_control::serve_with(
                 ctl.clone(),
                 listen,
@@ -374,6 +385,7 @@ async fn run(cmd: Command) -> Result<()> {
             demo_origin,
             database_url,
             mail,
+            sftp_listen,
         } => {
             std::fs::create_dir_all(&data)
                 .with_context(|| format!("cannot create {}", data.display()))?;
@@ -404,6 +416,10 @@ async fn run(cmd: Command) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             let token = ctl.local_edge_token("local").await?;
             let _jobs = ctl.spawn_jobs();
+            let (sftp_addr, _sftp) = relais_control::sftp::serve(ctl.clone(), sftp_listen)
+                .await
+                .with_context(|| format!("cannot start SFTP on {sftp_listen}"))?;
+            tracing::info!(addr = %sftp_addr, "SFTP listening (access logs, read-only)");
             let running = relais_control::serve_with(
                 ctl.clone(),
                 control_listen,

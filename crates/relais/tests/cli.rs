@@ -381,6 +381,8 @@ async fn serve_starts_the_platform_with_a_demo_site() {
         any,
         "--demo-origin",
         any,
+        "--sftp-listen",
+        any,
     ]);
     let demo = p.wait_stdout("demo webmaster");
     let password = demo.rsplit(' ').next().expect("password").to_owned();
@@ -474,7 +476,18 @@ async fn an_edge_process_follows_a_control_plane_process() {
     use relais_control::auth::{base32_decode, totp_code};
     let dir = tempfile::tempdir().expect("tmp");
     let db = format!("sqlite://{}", dir.path().join("control.db").display());
-    let control = Proc::spawn(&["control", "--listen", "127.0.0.1:0", "--database-url", &db]);
+    let store = dir.path().join("logstore");
+    let control = Proc::spawn(&[
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--sftp-listen",
+        "127.0.0.1:0",
+        "--log-store",
+        store.to_str().expect("path"),
+    ]);
     let line = control.wait_stdout("platform administrator");
     let words: Vec<&str> = line.split_whitespace().collect();
     let email = words[words
