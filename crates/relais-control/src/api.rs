@@ -1275,25 +1275,7 @@ async fn org_settings(
 // ---------------------------------------------------------------------------------------------
 
 async fn list_ssh_keys(State(st): St, actor: Actor) -> ApiResult<Json<Value>> {
-    let uid = actor.require_user()?;
-    let rows = st
-        .db
-        .q("SELECT id, name, fingerprint, created_at FROM ssh_keys WHERE user_id = ? ORDER BY id")
-        .bind(uid)
-        .fetch_all(&st.db.pool)
-        .await?;
-    let keys: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            Ok(json!({
-                "id": col::<i64>(r, "id")?,
-                "name": col::<String>(r, "name")?,
-                "fingerprint": col::<String>(r, "fingerprint")?,
-                "created_at": col::<i64>(r, "created_at")?,
-            }))
-        })
-        .collect::<ApiResult<_>>()?;
-    Ok(Json(json!({ "keys": keys })))
+    Ok(Json(json!({ "keys": st.ssh_keys(&actor).await? })))
 }
 
 #[derive(Deserialize)]
@@ -1310,52 +1292,9 @@ async fn add_ssh_key(
     actor: Actor,
     JsonBody(b): JsonBody<SshKeyBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let uid = actor.require_user()?;
-    let key = russh::keys::PublicKey::from_openssh(b.key.trim()).map_err(|_| {
-        ApiError::invalid(
-            "key",
-            "an OpenSSH public key line, like ssh-ed25519 AAAA… / une clé publique OpenSSH",
-        )
-    })?;
-    let fingerprint = key.fingerprint(russh::keys::HashAlg::Sha256).to_string();
-    let name = b
-        .name
-        .unwrap_or_else(|| key.comment().to_string())
-        .chars()
-        .take(100)
-        .collect::<String>();
-    let _w = st.writer.lock().await;
-    let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
-    let r = st
-        .db
-        .q("INSERT INTO ssh_keys (user_id, name, key_text, fingerprint, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id")
-        .bind(uid)
-        .bind(name.clone())
-        .bind(key.to_openssh().map_err(|_| ApiError::invalid("key", "unreadable key"))?)
-        .bind(fingerprint.clone())
-        .bind(millis(now))
-        .fetch_one(&mut *tx)
-        .await?;
-    let kid: i64 = col(&r, "id")?;
-    audit::record(
-        &st.db,
-        &mut tx,
-        now,
-        &actor,
-        Change {
-            org_id: None,
-            action: "ssh_key.add",
-            target: format!("ssh key #{kid} of {}", actor.label()),
-            before: None,
-            after: Some(json!({"name": name, "fingerprint": fingerprint})),
-        },
-    )
-    .await?;
-    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": kid, "name": name, "fingerprint": fingerprint})),
+        Json(st.add_ssh_key(&actor, &b.key, b.name).await?),
     ))
 }
 
@@ -1364,36 +1303,6 @@ async fn delete_ssh_key(
     actor: Actor,
     Path(kid): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let uid = actor.require_user()?;
-    let kid = id(&kid)?;
-    let _w = st.writer.lock().await;
-    let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
-    let n = st
-        .db
-        .q("DELETE FROM ssh_keys WHERE id = ? AND user_id = ?")
-        .bind(kid)
-        .bind(uid)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(ApiError::not_found());
-    }
-    audit::record(
-        &st.db,
-        &mut tx,
-        now,
-        &actor,
-        Change {
-            org_id: None,
-            action: "ssh_key.delete",
-            target: format!("ssh key #{kid} of {}", actor.label()),
-            before: None,
-            after: None,
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    st.delete_ssh_key(&actor, id(&kid)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

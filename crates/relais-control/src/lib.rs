@@ -20,6 +20,7 @@ pub mod db;
 pub mod definition;
 pub mod edges;
 pub mod error;
+pub mod keys;
 pub mod logs;
 pub mod mail;
 pub mod members;

@@ -50,6 +50,9 @@ pub fn router_pages(ctl: Arc<Control>) -> Router {
         .route("/sites/{id}/rules", get(rules_page).post(add_rule))
         .route("/sites/{id}/rules/{index}/delete", post(delete_rule))
         .route("/purges/{id}", get(receipt))
+        .route("/sites/{id}/logs", get(logs_page))
+        .route("/account/keys", get(keys_page).post(add_key))
+        .route("/account/keys/{id}/delete", post(delete_key))
         .route("/orgs/{id}/audit", get(audit_page))
         .route("/orgs/{id}/sites", post(create_site))
         .route("/orgs/{id}/people", get(people_page).post(set_member))
@@ -432,6 +435,8 @@ fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
         "scheduled" => "sched.done",
         "origins" => "origins.done",
         "certificate" => "cert.done",
+        "key_added" => "keys.added",
+        "key_removed" => "keys.removed",
         _ => return None,
     };
     Some(t.s(key))
@@ -1963,6 +1968,114 @@ async fn set_certificate(
             )
             .await
         }
+        Err(e) => api_error(u.t, e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access logs and SSH keys
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "logs.html")]
+struct LogsTpl {
+    p: Page,
+    id: i64,
+    name: String,
+    /// (date, lines, edges, complete)
+    days: Vec<(String, u64, usize, bool)>,
+}
+
+async fn logs_page(State(st): St, u: WebUser, Path(id): Path<String>) -> Response {
+    let (site, _, _) = match load_site(&st, &u, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let days = st
+        .logs
+        .as_ref()
+        .and_then(|s| s.days(&site.name).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| (d.date, d.lines, d.edges.len(), d.complete))
+        .collect();
+    render(&LogsTpl {
+        p: Page::of(&u, u.t.s("logs.title"), Some(site.org_id)),
+        id: site.id,
+        name: site.name.clone(),
+        days,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "keys.html")]
+struct KeysTpl {
+    p: Page,
+    /// (id, name, fingerprint)
+    keys: Vec<(i64, String, String)>,
+    error: Option<String>,
+}
+
+async fn keys_view(st: &Control, u: &WebUser, q: &Fields, error: Option<String>) -> Response {
+    let keys = match st.ssh_keys(&u.actor).await {
+        Ok(k) => k,
+        Err(e) => return api_error(u.t, e),
+    };
+    let mut p = Page::of(u, u.t.s("keys.title"), None);
+    p.flash = flash(u.t, q);
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let mut r = render(&KeysTpl {
+        p,
+        keys: keys
+            .iter()
+            .map(|k| {
+                (
+                    k["id"].as_i64().unwrap_or(0),
+                    k["name"].as_str().unwrap_or("").to_owned(),
+                    k["fingerprint"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect(),
+        error,
+    });
+    *r.status_mut() = status;
+    r
+}
+
+async fn keys_page(State(st): St, u: WebUser, Query(q): Query<Fields>) -> Response {
+    keys_view(&st, &u, &q, None).await
+}
+
+async fn add_key(State(st): St, u: WebUser, Form(f): Form<Fields>) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let name = Some(field(&f, "name").to_owned()).filter(|n| !n.is_empty());
+    match st.add_ssh_key(&u.actor, field(&f, "key"), name).await {
+        Ok(_) => Redirect::to("/account/keys?ok=key_added").into_response(),
+        Err(e) if e.code == "invalid" => keys_view(&st, &u, &Fields::new(), Some(e.message)).await,
+        Err(e) => api_error(u.t, e),
+    }
+}
+
+async fn delete_key(
+    State(st): St,
+    u: WebUser,
+    Path(id): Path<String>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = check_csrf(&u, &f) {
+        return r;
+    }
+    let Ok(kid) = id.parse::<i64>() else {
+        return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
+    };
+    match st.delete_ssh_key(&u.actor, kid).await {
+        Ok(()) => Redirect::to("/account/keys?ok=key_removed").into_response(),
         Err(e) => api_error(u.t, e),
     }
 }

@@ -91,13 +91,15 @@ async fn browser(driver: &Driver) -> Client {
 }
 
 async fn fill(c: &Client, css: &str, value: &str) {
-    let e = c.find(Locator::Css(css)).await.expect(css);
+    // Waits for the element: the previous click may still be loading the page.
+    let e = c.wait().for_element(Locator::Css(css)).await.expect(css);
     e.clear().await.expect("clear");
     e.send_keys(value).await.expect("type");
 }
 
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
+    c.wait()
+        .for_element(Locator::Css(css))
         .await
         .expect(css)
         .click()

@@ -937,3 +937,71 @@ async fn customer_admins_manage_people_and_tokens() {
         .await;
     assert_eq!(r.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_keys_and_log_days_pages() {
+    let h = H::new().await;
+    let admin = h.admin_api().await;
+    let viewer = h.person(&admin, "lecteur@demo.localhost", "viewer").await;
+    // The site page links to its log days; none yet.
+    assert!(
+        viewer
+            .get("/sites/1")
+            .await
+            .body
+            .contains("href=\"/sites/1/logs\"")
+    );
+    let logs = viewer.get("/sites/1/logs").await;
+    assert_eq!(logs.status, 200);
+    assert!(logs.body.contains("Aucun jour disponible"));
+    assert_eq!(viewer.get("/sites/999/logs").await.status, 404);
+    // SSH keys: a bad key is refused on the form; a good one is listed with its fingerprint.
+    let p = viewer.get("/account/keys").await;
+    assert_eq!(p.status, 200);
+    let csrf = p.csrf();
+    let r = viewer
+        .post("/account/keys", &[("_csrf", &csrf), ("key", "pas une clé")])
+        .await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("aria-invalid=\"true\""));
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILuQvggZv1Rk9IICWohgHQqhvCc7EW6vKmGw58/tCTxF poste-alice";
+    let r = viewer
+        .post("/account/keys", &[("_csrf", &csrf), ("key", key)])
+        .await;
+    assert_eq!(r.location(), "/account/keys?ok=key_added");
+    let p = viewer.get("/account/keys").await;
+    assert!(
+        p.body.contains("poste-alice") && p.body.contains("SHA256:"),
+        "{}",
+        p.body
+    );
+    let api = h
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/orgs/1/members",
+            &admin,
+            Value::Null,
+        )
+        .await;
+    assert!(api["members"].is_array());
+    let marker = "action=\"/account/keys/";
+    let i = p.body.find(marker).expect("delete form") + marker.len();
+    let kid: String = p.body[i..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let r = viewer
+        .post(&format!("/account/keys/{kid}/delete"), &[("_csrf", &csrf)])
+        .await;
+    assert_eq!(r.location(), "/account/keys?ok=key_removed");
+    assert!(
+        viewer
+            .get("/account/keys")
+            .await
+            .body
+            .contains("Aucune clé")
+    );
+    // Without the CSRF token nothing is added.
+    let r = viewer.post("/account/keys", &[("key", key)]).await;
+    assert_eq!(r.status, 403);
+}
