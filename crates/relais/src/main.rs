@@ -416,10 +416,17 @@ async fn run(cmd: Command) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!(e.message))?;
             let token = ctl.local_edge_token("local").await?;
             let _jobs = ctl.spawn_jobs();
-            let (sftp_addr, _sftp) = relais_control::sftp::serve(ctl.clone(), sftp_listen)
-                .await
-                .with_context(|| format!("cannot start SFTP on {sftp_listen}"))?;
-            tracing::info!(addr = %sftp_addr, "SFTP listening (access logs, read-only)");
+            // The demo platform starts even when the SFTP port is taken; it says so.
+            let _sftp = match relais_control::sftp::serve(ctl.clone(), sftp_listen).await {
+                Ok((addr, task)) => {
+                    tracing::info!(%addr, "SFTP listening (access logs, read-only)");
+                    Some(task)
+                }
+                Err(e) => {
+                    tracing::warn!(addr = %sftp_listen, error = %e, "SFTP not started (use --sftp-listen)");
+                    None
+                }
+            };
             let running = relais_control::serve_with(
                 ctl.clone(),
                 control_listen,
