@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use relais_edge::accesslog::Manifest;
+use relais_edge::accesslog::{Manifest, write_atomic};
 use serde::{Deserialize, Serialize};
 
 /// What the platform says about one site-day.
@@ -56,23 +56,13 @@ fn valid_name(s: &str) -> bool {
         && !s.starts_with('.')
 }
 
-fn valid_date(s: &str) -> bool {
-    s.len() == 10
-        && s.bytes().enumerate().all(|(i, b)| {
-            if i == 4 || i == 7 {
-                b == b'-'
-            } else {
-                b.is_ascii_digit()
-            }
-        })
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// A `YYYY-MM-DD` date.
+pub fn valid_date(s: &str) -> bool {
+    relais_edge::accesslog::parse_date(s).is_some()
 }
 
 fn sha256(b: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+    relais_edge::accesslog::hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
 }
 
 /// A directory-backed log store.
@@ -83,39 +73,31 @@ pub struct LogStore {
 
 /// The sort key of a line: seconds since the epoch when its time can be read.
 fn line_time(line: &str) -> Option<i64> {
+    use relais_edge::accesslog::{MONTHS, days_from_civil};
+    let secs = |y: i64, mon: i64, d: i64, t: &str| -> Option<i64> {
+        let h: i64 = t.get(0..2)?.parse().ok()?;
+        let mi: i64 = t.get(3..5)?.parse().ok()?;
+        let s: i64 = t.get(6..8)?.parse().ok()?;
+        Some(days_from_civil(y, mon, d) * 86_400 + h * 3600 + mi * 60 + s)
+    };
     // Combined / Common: [22/Nov/2026:08:22:03 +0000]
     if let Some(i) = line.find(" [") {
         let t = line.get(i + 2..i + 22)?;
-        let d: i64 = t.get(0..2)?.parse().ok()?;
-        let mon = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ]
-        .iter()
-        .position(|m| Some(*m) == t.get(3..6))? as i64
-            + 1;
-        let y: i64 = t.get(7..11)?.parse().ok()?;
-        let h: i64 = t.get(12..14)?.parse().ok()?;
-        let mi: i64 = t.get(15..17)?.parse().ok()?;
-        let s: i64 = t.get(18..20)?.parse().ok()?;
-        return Some(days(y, mon, d) * 86_400 + h * 3600 + mi * 60 + s);
+        let mon = MONTHS.iter().position(|m| Some(*m) == t.get(3..6))? as i64 + 1;
+        return secs(
+            t.get(7..11)?.parse().ok()?,
+            mon,
+            t.get(0..2)?.parse().ok()?,
+            t.get(12..20)?,
+        );
     }
     // W3C: 2026-11-22 08:22:03 …
-    let y: i64 = line.get(0..4)?.parse().ok()?;
-    let mon: i64 = line.get(5..7)?.parse().ok()?;
-    let d: i64 = line.get(8..10)?.parse().ok()?;
-    let h: i64 = line.get(11..13)?.parse().ok()?;
-    let mi: i64 = line.get(14..16)?.parse().ok()?;
-    let s: i64 = line.get(17..19)?.parse().ok()?;
-    Some(days(y, mon, d) * 86_400 + h * 3600 + mi * 60 + s)
-}
-
-fn days(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+    secs(
+        line.get(0..4)?.parse().ok()?,
+        line.get(5..7)?.parse().ok()?,
+        line.get(8..10)?.parse().ok()?,
+        line.get(11..19)?,
+    )
 }
 
 impl LogStore {
@@ -237,26 +219,14 @@ impl LogStore {
         f.sync_all()?;
         let path = day.join(&file);
         fs::rename(&tmp, &path)?;
-        let gz_sha256 = {
-            let mut c = ring::digest::Context::new(&ring::digest::SHA256);
-            let mut f = File::open(&path)?;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                c.update(&buf[..n]);
-            }
-            hex(c.finish().as_ref())
-        };
+        let gz_sha256 = relais_edge::accesslog::sha256_file(&path)?;
         let m = DayManifest {
             site: site.to_owned(),
             date: date.to_owned(),
             file,
             lines,
             bytes,
-            sha256: hex(ctx.finish().as_ref()),
+            sha256: relais_edge::accesslog::hex(ctx.finish().as_ref()),
             gz_sha256,
             complete: parts.iter().all(|(_, m)| m.complete),
             edges: parts
@@ -348,16 +318,6 @@ impl LogStore {
             })
             .unwrap_or_default()
     }
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("part");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)
 }
 
 impl crate::Control {

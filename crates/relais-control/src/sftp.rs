@@ -336,14 +336,7 @@ impl Fs {
                 let rest = file.strip_prefix(&format!("{site}-"))?;
                 let date = rest.get(0..10)?;
                 let tail = rest.get(10..)?;
-                let valid_date = date.bytes().enumerate().all(|(i, b)| {
-                    if i == 4 || i == 7 {
-                        b == b'-'
-                    } else {
-                        b.is_ascii_digit()
-                    }
-                });
-                (valid_date && (tail == ".log.gz" || tail == ".manifest.json"))
+                (crate::logs::valid_date(date) && (tail == ".log.gz" || tail == ".manifest.json"))
                     .then(|| Node::File((*site).to_owned(), date.to_owned(), (*file).to_owned()))
             }
             _ => None,

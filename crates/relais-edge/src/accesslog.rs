@@ -125,7 +125,7 @@ pub fn date_string(day: Day) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-const MONTHS: [&str; 12] = [
+pub const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
@@ -310,11 +310,11 @@ pub struct Manifest {
     pub previous: Option<String>,
 }
 
-fn hex(b: &[u8]) -> String {
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn sha256_file(p: &Path) -> io::Result<String> {
+pub fn sha256_file(p: &Path) -> io::Result<String> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut f = File::open(p)?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -402,14 +402,10 @@ pub fn close_day(
         .to_owned(),
         previous,
     };
-    let tmp = man.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(&m).map_err(io::Error::other)?;
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, &man)?;
+    write_atomic(
+        &man,
+        &serde_json::to_vec_pretty(&m).map_err(io::Error::other)?,
+    )?;
     fs::remove_file(&log)?;
     Ok(m)
 }
@@ -543,19 +539,48 @@ fn leftovers(dir: &Path, today: Day) -> Vec<(String, Day)> {
     out
 }
 
-fn parse_date(s: &str) -> Option<Day> {
-    let mut it = s.splitn(3, '-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let d: i64 = it.next()?.parse().ok()?;
-    // days_from_civil
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm, inverse of [`civil`]).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let mp = (m + 9) % 12;
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD` → days since 1970-01-01.
+pub fn parse_date(s: &str) -> Option<Day> {
+    let valid = s.len() == 10
+        && s.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if !valid {
+        return None;
+    }
+    Some(days_from_civil(
+        s[0..4].parse().ok()?,
+        s[5..7].parse().ok()?,
+        s[8..10].parse().ok()?,
+    ))
+}
+
+/// Writes a file whole or not at all: a temporary file, synced, then renamed over `path`.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
 }
 
 fn writer(

@@ -25,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
 use crate::Edge;
+use crate::accesslog::write_atomic;
 use crate::config::{Config, ConfigError, FileConfig};
 use crate::proto::{Ack, EdgeState, Message, PurgeMsg, sites_for};
 
@@ -74,12 +75,6 @@ pub fn load_state(dir: &Path) -> (EdgeState, u64) {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     (state, seq)
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
