@@ -668,6 +668,82 @@ async fn load_site(st: &Control, u: &WebUser, id: &str) -> Result<(SiteRow, bool
     Ok((site, can_config, can_purge))
 }
 
+/// A site a form acts on, with what the person may do there.
+struct SiteForm {
+    site: SiteRow,
+    can_config: bool,
+    can_purge: bool,
+}
+
+/// Every site form starts here: CSRF token, the site (404 if unreadable), then the right the
+/// form needs (`Purge` or `Config`).
+async fn site_form(
+    st: &Control,
+    u: &WebUser,
+    id: &str,
+    f: &Fields,
+    need: Perm,
+) -> Result<SiteForm, Response> {
+    check_csrf(u, f)?;
+    let (site, can_config, can_purge) = load_site(st, u, id).await?;
+    let allowed = if need == Perm::Purge {
+        can_purge
+    } else {
+        can_config
+    };
+    if !allowed {
+        return Err(error_page(
+            u.t,
+            StatusCode::FORBIDDEN,
+            u.t.s("err.forbidden"),
+        ));
+    }
+    Ok(SiteForm {
+        site,
+        can_config,
+        can_purge,
+    })
+}
+
+impl SiteForm {
+    /// The site page again, with the refusal shown on its form.
+    async fn refused(&self, st: &Control, u: &WebUser, e: ApiError) -> Response {
+        site_view(
+            st,
+            u,
+            &self.site,
+            self.can_config,
+            self.can_purge,
+            &Fields::new(),
+            Some(e),
+        )
+        .await
+    }
+
+    /// After a change: back to the site page with `ok` as its message, or the error shown on
+    /// the form when the input was refused.
+    async fn done<T>(
+        &self,
+        st: &Control,
+        u: &WebUser,
+        r: relais_control::error::ApiResult<T>,
+        ok: &str,
+    ) -> Response {
+        match r {
+            Ok(_) => Redirect::to(&format!("/sites/{}?ok={ok}", self.site.id)).into_response(),
+            Err(e) => self.failed(st, u, e).await,
+        }
+    }
+
+    async fn failed(&self, st: &Control, u: &WebUser, e: ApiError) -> Response {
+        if e.code == "invalid" || e.code == "conflict" {
+            self.refused(st, u, e).await
+        } else {
+            api_error(u.t, e)
+        }
+    }
+}
+
 async fn site_view(
     st: &Control,
     u: &WebUser,
@@ -809,69 +885,29 @@ async fn set_mode(
     Path(id): Path<String>,
     Form(f): Form<Fields>,
 ) -> Response {
-    if let Err(r) = check_csrf(&u, &f) {
-        return r;
-    }
-    let (site, can_config, can_purge) = match load_site(&st, &u, &id).await {
+    let form = match site_form(&st, &u, &id, &f, Perm::Config).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !can_config {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
     if field(&f, "confirm") != "yes" {
         let e = ApiError::invalid("confirm", u.t.s("mode.need_confirm"));
-        return site_view(
-            &st,
-            &u,
-            &site,
-            can_config,
-            can_purge,
-            &Fields::new(),
-            Some(e),
-        )
-        .await;
+        return form.refused(&st, &u, e).await;
     }
     let mode = field(&f, "mode").to_owned();
     if relais_edge::config::Mode::parse(&mode).is_none() {
         let e = ApiError::invalid("mode", "active, bypass, maintenance, disabled");
-        return site_view(
-            &st,
-            &u,
-            &site,
-            can_config,
-            can_purge,
-            &Fields::new(),
-            Some(e),
-        )
-        .await;
+        return form.refused(&st, &u, e).await;
     }
-    let m = mode.clone();
-    match st
+    let r = st
         .publish_change(
             &u.actor,
-            &site,
+            &form.site,
             "site.mode",
             format!("mode → {mode}"),
-            |d| d.mode = Some(m.clone()),
+            |d| d.mode = Some(mode.clone()),
         )
-        .await
-    {
-        Ok(_) => Redirect::to(&format!("/sites/{}?ok=mode", site.id)).into_response(),
-        Err(e) if e.code == "invalid" => {
-            site_view(
-                &st,
-                &u,
-                &site,
-                can_config,
-                can_purge,
-                &Fields::new(),
-                Some(e),
-            )
-            .await
-        }
-        Err(e) => api_error(u.t, e),
-    }
+        .await;
+    form.done(&st, &u, r, "mode").await
 }
 
 async fn purge(
@@ -880,16 +916,10 @@ async fn purge(
     Path(id): Path<String>,
     Form(f): Form<Fields>,
 ) -> Response {
-    if let Err(r) = check_csrf(&u, &f) {
-        return r;
-    }
-    let (site, can_config, can_purge) = match load_site(&st, &u, &id).await {
+    let form = match site_form(&st, &u, &id, &f, Perm::Purge).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !can_purge {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
     let kind = field(&f, "kind").to_owned();
     let values: Vec<String> = if kind == "all" {
         vec![]
@@ -906,21 +936,9 @@ async fn purge(
         values,
         soft: field(&f, "soft") == "yes",
     };
-    match st.purge(&u.actor, &site, req).await {
+    match st.purge(&u.actor, &form.site, req).await {
         Ok(seq) => Redirect::to(&format!("/purges/{seq}")).into_response(),
-        Err(e) if e.code == "invalid" => {
-            site_view(
-                &st,
-                &u,
-                &site,
-                can_config,
-                can_purge,
-                &Fields::new(),
-                Some(e),
-            )
-            .await
-        }
-        Err(e) => api_error(u.t, e),
+        Err(e) => form.failed(&st, &u, e).await,
     }
 }
 
@@ -930,33 +948,13 @@ async fn publish(
     Path(id): Path<String>,
     Form(f): Form<Fields>,
 ) -> Response {
-    if let Err(r) = check_csrf(&u, &f) {
-        return r;
-    }
-    let (site, can_config, can_purge) = match load_site(&st, &u, &id).await {
+    let form = match site_form(&st, &u, &id, &f, Perm::Config).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !can_config {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
     let comment: String = field(&f, "comment").chars().take(500).collect();
-    match st.publish(&u.actor, &site, comment).await {
-        Ok(_) => Redirect::to(&format!("/sites/{}?ok=published", site.id)).into_response(),
-        Err(e) if e.code == "invalid" || e.code == "conflict" => {
-            site_view(
-                &st,
-                &u,
-                &site,
-                can_config,
-                can_purge,
-                &Fields::new(),
-                Some(e),
-            )
-            .await
-        }
-        Err(e) => api_error(u.t, e),
-    }
+    let r = st.publish(&u.actor, &form.site, comment).await;
+    form.done(&st, &u, r, "published").await
 }
 
 async fn rollback(
@@ -965,35 +963,15 @@ async fn rollback(
     Path(id): Path<String>,
     Form(f): Form<Fields>,
 ) -> Response {
-    if let Err(r) = check_csrf(&u, &f) {
-        return r;
-    }
-    let (site, can_config, can_purge) = match load_site(&st, &u, &id).await {
+    let form = match site_form(&st, &u, &id, &f, Perm::Config).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !can_config {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
     let Ok(v) = field(&f, "version").parse::<i64>() else {
         return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
     };
-    match st.rollback(&u.actor, &site, v).await {
-        Ok(_) => Redirect::to(&format!("/sites/{}?ok=rollback", site.id)).into_response(),
-        Err(e) if e.code == "invalid" || e.code == "conflict" => {
-            site_view(
-                &st,
-                &u,
-                &site,
-                can_config,
-                can_purge,
-                &Fields::new(),
-                Some(e),
-            )
-            .await
-        }
-        Err(e) => api_error(u.t, e),
-    }
+    let r = st.rollback(&u.actor, &form.site, v).await;
+    form.done(&st, &u, r, "rollback").await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1256,16 +1234,10 @@ async fn add_rule(
     Path(id): Path<String>,
     Form(f): Form<Fields>,
 ) -> Response {
-    if let Err(r) = check_csrf(&u, &f) {
-        return r;
-    }
-    let (site, can_config, _) = match load_site(&st, &u, &id).await {
-        Ok(x) => x,
+    let site = match site_form(&st, &u, &id, &f, Perm::Config).await {
+        Ok(x) => x.site,
         Err(r) => return r,
     };
-    if !can_config {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
     let value = field(&f, "scope_value").trim().to_owned();
     let opt = |k: &str| Some(field(&f, k).trim().to_owned()).filter(|v| !v.is_empty());
     let mut rule = FileRule {
@@ -1296,16 +1268,10 @@ async fn delete_rule(
     Path((id, index)): Path<(String, String)>,
     Form(f): Form<Fields>,
 ) -> Response {
-    if let Err(r) = check_csrf(&u, &f) {
-        return r;
-    }
-    let (site, can_config, _) = match load_site(&st, &u, &id).await {
-        Ok(x) => x,
+    let site = match site_form(&st, &u, &id, &f, Perm::Config).await {
+        Ok(x) => x.site,
         Err(r) => return r,
     };
-    if !can_config {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
     let mut rules = site.draft.rules.clone();
     match index.parse::<usize>() {
         Ok(i) if i < rules.len() => {
@@ -1664,43 +1630,31 @@ async fn change_schedules(
     f: &Fields,
     change: impl Fn(&mut Vec<relais_edge::config::FileSchedule>) -> bool,
 ) -> Response {
-    if let Err(r) = check_csrf(u, f) {
-        return r;
-    }
-    let (site, can_config, can_purge) = match load_site(st, u, id).await {
+    let form = match site_form(st, u, id, f, Perm::Config).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !can_config {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
-    let mut current = match site.published_version {
-        Some(v) => match st.published_doc(site.id, v).await {
+    let mut current = match form.site.published_version {
+        Some(v) => match st.published_doc(form.site.id, v).await {
             Ok(d) => d.schedules,
             Err(e) => return api_error(u.t, e),
         },
-        None => site.draft.schedules.clone(),
+        None => form.site.draft.schedules.clone(),
     };
     if !change(&mut current) {
         return error_page(u.t, StatusCode::NOT_FOUND, u.t.s("err.not_found"));
     }
     let n = current.len();
-    match st
+    let r = st
         .publish_change(
             &u.actor,
-            &site,
+            &form.site,
             "site.schedules",
             format!("{n} schedule(s)"),
             |d| d.schedules = current.clone(),
         )
-        .await
-    {
-        Ok(_) => Redirect::to(&format!("/sites/{}?ok=scheduled", site.id)).into_response(),
-        Err(e) if e.code == "invalid" => {
-            site_view(st, u, &site, can_config, can_purge, &Fields::new(), Some(e)).await
-        }
-        Err(e) => api_error(u.t, e),
-    }
+        .await;
+    form.done(st, u, r, "scheduled").await
 }
 
 async fn add_schedule(
@@ -1876,33 +1830,25 @@ async fn set_origins(
     Path(id): Path<String>,
     Form(f): Form<Fields>,
 ) -> Response {
-    if let Err(r) = check_csrf(&u, &f) {
-        return r;
-    }
-    let (site, can_config, can_purge) = match load_site(&st, &u, &id).await {
+    let form = match site_form(&st, &u, &id, &f, Perm::Config).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !can_config {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
-    let mut doc = site.draft.clone();
-    let urls: Vec<&str> = field(&f, "origins")
+    let draft = &form.site.draft;
+    let mut doc = draft.clone();
+    // An origin already configured keeps its settings (Host, timeouts, health check).
+    doc.origins = field(&f, "origins")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .collect();
-    // An origin already configured keeps its settings (Host, timeouts, health check).
-    doc.origins = urls
-        .iter()
-        .map(|u| {
-            site.draft
+        .map(|url| {
+            draft
                 .origins
                 .iter()
-                .find(|o| o.url == *u)
+                .find(|o| o.url == url)
                 .cloned()
                 .unwrap_or(relais_edge::config::FileOrigin {
-                    url: (*u).to_owned(),
+                    url: url.to_owned(),
                     host: None,
                     connect_timeout: None,
                     response_timeout: None,
@@ -1912,22 +1858,8 @@ async fn set_origins(
         })
         .collect();
     let body = serde_json::to_value(&doc).unwrap_or(Value::Null);
-    match st.put_draft(&u.actor, &site, body).await {
-        Ok(_) => Redirect::to(&format!("/sites/{}?ok=origins", site.id)).into_response(),
-        Err(e) if e.code == "invalid" || e.code == "conflict" => {
-            site_view(
-                &st,
-                &u,
-                &site,
-                can_config,
-                can_purge,
-                &Fields::new(),
-                Some(e),
-            )
-            .await
-        }
-        Err(e) => api_error(u.t, e),
-    }
+    let r = st.put_draft(&u.actor, &form.site, body).await;
+    form.done(&st, &u, r, "origins").await
 }
 
 async fn set_certificate(
@@ -1936,40 +1868,19 @@ async fn set_certificate(
     Path(id): Path<String>,
     Form(f): Form<Fields>,
 ) -> Response {
-    if let Err(r) = check_csrf(&u, &f) {
-        return r;
-    }
-    let (site, can_config, can_purge) = match load_site(&st, &u, &id).await {
+    let form = match site_form(&st, &u, &id, &f, Perm::Config).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if !can_config {
-        return error_page(u.t, StatusCode::FORBIDDEN, u.t.s("err.forbidden"));
-    }
-    match st
+    let r = st
         .set_certificate(
             &u.actor,
-            &site,
+            &form.site,
             field(&f, "cert_pem").to_owned(),
             field(&f, "key_pem").to_owned(),
         )
-        .await
-    {
-        Ok(_) => Redirect::to(&format!("/sites/{}?ok=certificate", site.id)).into_response(),
-        Err(e) if e.code == "invalid" || e.code == "conflict" => {
-            site_view(
-                &st,
-                &u,
-                &site,
-                can_config,
-                can_purge,
-                &Fields::new(),
-                Some(e),
-            )
-            .await
-        }
-        Err(e) => api_error(u.t, e),
-    }
+        .await;
+    form.done(&st, &u, r, "certificate").await
 }
 
 // ---------------------------------------------------------------------------------------------
