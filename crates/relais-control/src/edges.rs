@@ -212,8 +212,9 @@ impl Control {
             .collect()
     }
 
-    /// Origins of a site that some edge reports down: (edge, origin).
-    pub async fn site_health(&self, site: &str) -> ApiResult<Vec<(String, String)>> {
+    /// Every origin some edge reports down: (edge, site, origin). One query, for pages that
+    /// show many sites.
+    pub async fn origins_down(&self) -> ApiResult<Vec<(String, String, String)>> {
         let rows = self
             .db
             .q("SELECT name, origins_down FROM edges ORDER BY id")
@@ -224,13 +225,20 @@ impl Control {
             let edge: String = col(&r, "name")?;
             let down: Vec<(String, String)> =
                 serde_json::from_str(&col::<String>(&r, "origins_down")?).unwrap_or_default();
-            for (s, o) in down {
-                if s == site {
-                    out.push((edge.clone(), o));
-                }
-            }
+            out.extend(down.into_iter().map(|(s, o)| (edge.clone(), s, o)));
         }
         Ok(out)
+    }
+
+    /// Origins of one site that some edge reports down: (edge, origin).
+    pub async fn site_health(&self, site: &str) -> ApiResult<Vec<(String, String)>> {
+        Ok(self
+            .origins_down()
+            .await?
+            .into_iter()
+            .filter(|(_, s, _)| s == site)
+            .map(|(e, _, o)| (e, o))
+            .collect())
     }
 
     /// Records a purge and returns its sequence number (committed before this returns).

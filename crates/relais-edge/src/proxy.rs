@@ -386,7 +386,6 @@ impl Edge {
         let Some(log) = self.access_log.clone() else {
             return self.handle_inner(req, conn, &mut None).await;
         };
-        let at = self.clock.now();
         let started = std::time::Instant::now();
         let referer = req.headers().get(header::REFERER).cloned();
         let user_agent = req.headers().get(header::USER_AGENT).cloned();
@@ -402,7 +401,8 @@ impl Edge {
         let line = crate::accesslog::Line {
             site: rt.log_name.clone(),
             opts: rt.site.log,
-            at,
+            // Set once, when the response ends (lines are timed as nginx does).
+            at: std::time::UNIX_EPOCH,
             started,
             ip,
             method,

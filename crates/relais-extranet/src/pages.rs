@@ -495,6 +495,7 @@ async fn dashboard_view(
             Ok(r) => r,
             Err(e) => return api_error(t, e.into()),
         };
+        let down = st.origins_down().await.unwrap_or_default();
         for r in rows {
             let Ok(id) = sqlx::Row::try_get::<i64, _>(&r, "id") else {
                 continue;
@@ -514,7 +515,11 @@ async fn dashboard_view(
                 mode,
                 version: s.published_version,
                 draft_pending: j["draft_differs"].as_bool().unwrap_or(false),
-                health: st.site_health(&s.name).await.unwrap_or_default(),
+                health: down
+                    .iter()
+                    .filter(|(_, site, _)| *site == s.name)
+                    .map(|(e, _, o)| (e.clone(), o.clone()))
+                    .collect(),
             });
         }
     }
