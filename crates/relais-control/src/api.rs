@@ -27,6 +27,7 @@ use crate::edges::PurgeRequest;
 use crate::error::{ApiError, ApiResult};
 use crate::members::{MemberBody, TokenBody};
 use crate::sites::{self, SiteRow};
+use crate::stats::StatsQuery;
 
 type St = State<Arc<Control>>;
 
@@ -133,6 +134,15 @@ pub fn routes(st: Arc<Control>) -> Router {
         .route("/api/v1/sites/{id}/logs", get(site_logs))
         .route("/api/v1/sites/{id}/logs/{date}", get(site_log_day))
         .route("/api/v1/orgs/{id}/settings", put(org_settings))
+        .route(
+            "/edge/v1/stats",
+            post(edge_stats).layer(DefaultBodyLimit::max(256 << 20)),
+        )
+        .route("/api/v1/sites/{id}/stats", get(site_stats))
+        .route("/api/v1/sites/{id}/stats/export", get(site_stats_export))
+        .route("/api/v1/orgs/{id}/stats", get(org_stats))
+        .route("/api/v1/orgs/{id}/stats/export", get(org_stats_export))
+        .route("/api/v1/orgs/{id}/usage", get(org_usage))
         .layer(DefaultBodyLimit::max(2 << 20))
         .with_state(st)
 }
@@ -363,7 +373,7 @@ async fn totp_confirm(
 async fn org_json(st: &Control, org_id: i64) -> ApiResult<Value> {
     let r = st
         .db
-        .q("SELECT id, parent_id, slug, name, created_at, log_retention_months, log_recipients, language FROM orgs WHERE id = ?")
+        .q("SELECT id, parent_id, slug, name, created_at, log_retention_months, log_recipients, language, report_recipients, report_metrics FROM orgs WHERE id = ?")
         .bind(org_id)
         .fetch_optional(&st.db.pool)
         .await?
@@ -377,6 +387,8 @@ async fn org_json(st: &Control, org_id: i64) -> ApiResult<Value> {
         "log_retention_months": col::<i64>(&r, "log_retention_months")?,
         "log_recipients": serde_json::from_str::<Value>(&col::<String>(&r, "log_recipients")?).unwrap_or(json!([])),
         "language": col::<String>(&r, "language")?,
+        "report_recipients": serde_json::from_str::<Value>(&col::<String>(&r, "report_recipients")?).unwrap_or(json!([])),
+        "report_metrics": serde_json::from_str::<Value>(&col::<String>(&r, "report_metrics")?).unwrap_or(json!([])),
     }))
 }
 
@@ -1172,6 +1184,164 @@ async fn site_log_day(
         .into_response())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------------
+
+async fn edge_stats(State(st): St, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    let edge = st.edge_by_token(&edge_secret(&headers)?).await?;
+    let batch: relais_edge::stats::Batch = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new("bad_request", format!("statistics batch: {e}")))?;
+    let counted = st.ingest_stats(&edge, batch).await?;
+    Ok(Json(json!({ "counted": counted })))
+}
+
+async fn site_stats(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    Q(q): Q<StatsQuery>,
+) -> ApiResult<Json<Value>> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    let (range, step) = q.resolve(st.today())?;
+    let r = st
+        .stats_report(std::slice::from_ref(&site.name), range, step)
+        .await?;
+    let mut v = crate::stats::report_json(&r, range, step);
+    v["site"] = json!(site.name);
+    Ok(Json(v))
+}
+
+/// A spreadsheet download.
+pub fn sheet_response(
+    name: &str,
+    t: &crate::sheets::Table,
+    f: crate::sheets::Format,
+) -> ApiResult<Response> {
+    let data = crate::sheets::render(t, f).map_err(|e| {
+        tracing::error!(error = %e, "export");
+        ApiError::new("internal", "internal error")
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, f.content_type().to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}.{}\"", f.extension()),
+            ),
+        ],
+        data,
+    )
+        .into_response())
+}
+
+async fn site_stats_export(
+    State(st): St,
+    actor: Actor,
+    Path(sid): Path<String>,
+    Q(q): Q<StatsQuery>,
+) -> ApiResult<Response> {
+    let site = site_for(&st, &actor, &sid, Perm::Read).await?;
+    let (range, step) = q.resolve(st.today())?;
+    let f = q.format()?;
+    let r = st
+        .stats_report(std::slice::from_ref(&site.name), range, step)
+        .await?;
+    let t = crate::sheets::series_table(&site.name, &r, step, q.french());
+    let name = format!(
+        "{}-{}-{}",
+        site.name,
+        relais_edge::accesslog::date_string(range.from),
+        relais_edge::accesslog::date_string(range.to)
+    );
+    sheet_response(&name, &t, f)
+}
+
+async fn org_report(
+    st: &Control,
+    actor: &Actor,
+    oid: &str,
+    q: &StatsQuery,
+) -> ApiResult<(
+    i64,
+    crate::stats::Report,
+    crate::stats::Range,
+    crate::stats::Step,
+)> {
+    let oid = id(oid)?;
+    st.check(actor, oid, Perm::Read).await?;
+    let (range, step) = q.resolve(st.today())?;
+    let sites = st.org_site_names(oid).await?;
+    Ok((
+        oid,
+        st.stats_report(&sites, range, step).await?,
+        range,
+        step,
+    ))
+}
+
+async fn org_stats(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    Q(q): Q<StatsQuery>,
+) -> ApiResult<Json<Value>> {
+    let (oid, r, range, step) = org_report(&st, &actor, &oid, &q).await?;
+    let mut v = crate::stats::report_json(&r, range, step);
+    v["org_id"] = json!(oid);
+    Ok(Json(v))
+}
+
+async fn org_stats_export(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    Q(q): Q<StatsQuery>,
+) -> ApiResult<Response> {
+    let f = q.format()?;
+    let (oid, r, range, _) = org_report(&st, &actor, &oid, &q).await?;
+    let t = crate::sheets::sites_table(&format!("org {oid}"), &r, q.french());
+    let name = format!(
+        "org-{oid}-{}-{}",
+        relais_edge::accesslog::date_string(range.from),
+        relais_edge::accesslog::date_string(range.to)
+    );
+    sheet_response(&name, &t, f)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    /// `YYYY-MM`; the current month by default.
+    #[serde(default)]
+    month: Option<String>,
+}
+
+async fn org_usage(
+    State(st): St,
+    actor: Actor,
+    Path(oid): Path<String>,
+    Q(q): Q<UsageQuery>,
+) -> ApiResult<Json<Value>> {
+    let oid = id(&oid)?;
+    st.check(&actor, oid, Perm::Read).await?;
+    let (y, m) = match q.month.as_deref() {
+        Some(s) => s
+            .split_once('-')
+            .and_then(|(y, m)| Some((y.parse::<i64>().ok()?, m.parse::<u32>().ok()?)))
+            .filter(|(y, m)| (1970..=9999).contains(y) && (1..=12).contains(m) && s.len() == 7)
+            .ok_or_else(|| ApiError::invalid("month", "YYYY-MM / AAAA-MM"))?,
+        None => {
+            let (y, m, _) = relais_edge::accesslog::civil(st.today());
+            (y, m)
+        }
+    };
+    Ok(Json(json!({
+        "month": format!("{y:04}-{m:02}"),
+        "sites": st.usage(oid, y, m).await?,
+    })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrgSettings {
@@ -1183,6 +1353,30 @@ struct OrgSettings {
     /// `fr` or `en`, for messages.
     #[serde(default)]
     language: Option<String>,
+    /// Who receives the weekly statistics report (none: no report).
+    #[serde(default)]
+    report_recipients: Option<Vec<String>>,
+    /// Which metrics the weekly report carries (see `stats::METRICS`).
+    #[serde(default)]
+    report_metrics: Option<Vec<String>>,
+}
+
+fn check_recipients(field: &str, r: &[String]) -> ApiResult<()> {
+    if r.len() > 50 {
+        return Err(ApiError::invalid(
+            field,
+            "at most 50 addresses / 50 adresses au plus",
+        ));
+    }
+    for (i, a) in r.iter().enumerate() {
+        if a.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(ApiError::invalid(
+                format!("{field}[{i}]"),
+                "not an e-mail address / adresse e-mail invalide",
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn org_settings(
@@ -1208,14 +1402,17 @@ async fn org_settings(
         return Err(ApiError::invalid("language", "fr or en / fr ou en"));
     }
     if let Some(r) = &b.log_recipients {
-        if r.len() > 50 {
-            return Err(ApiError::invalid("log_recipients", "at most 50 addresses"));
-        }
-        for (i, a) in r.iter().enumerate() {
-            if a.parse::<lettre::message::Mailbox>().is_err() {
+        check_recipients("log_recipients", r)?;
+    }
+    if let Some(r) = &b.report_recipients {
+        check_recipients("report_recipients", r)?;
+    }
+    if let Some(m) = &b.report_metrics {
+        for (i, x) in m.iter().enumerate() {
+            if !crate::stats::METRICS.contains(&x.as_str()) {
                 return Err(ApiError::invalid(
-                    format!("log_recipients[{i}]"),
-                    "not an e-mail address / adresse e-mail invalide",
+                    format!("report_metrics[{i}]"),
+                    format!("one of / parmi : {}", crate::stats::METRICS.join(", ")),
                 ));
             }
         }
@@ -1225,7 +1422,7 @@ async fn org_settings(
     let mut tx = st.db.begin().await?;
     let row = st
         .db
-        .q("SELECT log_retention_months, log_recipients, language FROM orgs WHERE id = ?")
+        .q("SELECT log_retention_months, log_recipients, language, report_recipients, report_metrics FROM orgs WHERE id = ?")
         .bind(oid)
         .fetch_one(&mut *tx)
         .await?;
@@ -1233,6 +1430,8 @@ async fn org_settings(
         "log_retention_months": col::<i64>(&row, "log_retention_months")?,
         "log_recipients": serde_json::from_str::<Value>(&col::<String>(&row, "log_recipients")?).unwrap_or(json!([])),
         "language": col::<String>(&row, "language")?,
+        "report_recipients": serde_json::from_str::<Value>(&col::<String>(&row, "report_recipients")?).unwrap_or(json!([])),
+        "report_metrics": serde_json::from_str::<Value>(&col::<String>(&row, "report_metrics")?).unwrap_or(json!([])),
     });
     let mut after = before.clone();
     if let Some(m) = b.log_retention_months {
@@ -1244,11 +1443,19 @@ async fn org_settings(
     if let Some(l) = &b.language {
         after["language"] = json!(l);
     }
+    if let Some(r) = &b.report_recipients {
+        after["report_recipients"] = json!(r);
+    }
+    if let Some(m) = &b.report_metrics {
+        after["report_metrics"] = json!(m);
+    }
     st.db
-        .q("UPDATE orgs SET log_retention_months = ?, log_recipients = ?, language = ? WHERE id = ?")
+        .q("UPDATE orgs SET log_retention_months = ?, log_recipients = ?, language = ?, report_recipients = ?, report_metrics = ? WHERE id = ?")
         .bind(after["log_retention_months"].as_i64().unwrap_or(13))
         .bind(after["log_recipients"].to_string())
         .bind(after["language"].as_str().unwrap_or("fr").to_owned())
+        .bind(after["report_recipients"].to_string())
+        .bind(after["report_metrics"].to_string())
         .bind(oid)
         .execute(&mut *tx)
         .await?;

@@ -188,6 +188,24 @@ CREATE TABLE ssh_keys (
 );
 CREATE INDEX ssh_keys_user ON ssh_keys(user_id);
 "#,
+    r#"
+ALTER TABLE edges ADD COLUMN stats_seq {INT} NOT NULL DEFAULT 0;
+ALTER TABLE orgs ADD COLUMN report_recipients TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE orgs ADD COLUMN report_metrics TEXT NOT NULL DEFAULT '["requests","visitors","bytes_sent","hit_ratio","under_2s"]';
+CREATE TABLE stats (
+    site TEXT NOT NULL,
+    grain TEXT NOT NULL,
+    at {INT} NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (site, grain, at)
+);
+CREATE TABLE reports_sent (
+    org_id {INT} NOT NULL,
+    week {INT} NOT NULL,
+    sent_at {INT} NOT NULL,
+    PRIMARY KEY (org_id, week)
+);
+"#,
 ];
 
 impl Db {

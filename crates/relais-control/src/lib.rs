@@ -26,7 +26,9 @@ pub mod mail;
 pub mod members;
 pub mod openapi;
 pub mod sftp;
+pub mod sheets;
 pub mod sites;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +50,10 @@ pub struct ControlOptions {
     pub smtp: Option<mail::SmtpConfig>,
     /// The extranet's public address, for links in messages.
     pub public_url: Option<String>,
+    /// How long per-minute statistics are kept (days).
+    pub stats_minutes_days: i64,
+    /// How long hourly statistics are kept (days); daily ones are kept without limit.
+    pub stats_hours_days: i64,
 }
 
 impl Default for ControlOptions {
@@ -57,6 +63,8 @@ impl Default for ControlOptions {
             log_store: None,
             smtp: None,
             public_url: None,
+            stats_minutes_days: 7,
+            stats_hours_days: 400,
         }
     }
 }

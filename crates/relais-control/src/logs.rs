@@ -447,7 +447,7 @@ impl crate::Control {
         Ok(true)
     }
 
-    /// Runs the hourly jobs (log retention) until the process ends.
+    /// Runs the hourly jobs (log and statistics retention, weekly reports) until the process ends.
     pub fn spawn_jobs(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -456,6 +456,12 @@ impl crate::Control {
                 tick.tick().await;
                 if let Err(e) = me.expire_logs().await {
                     tracing::warn!(error = e.message, "log expiry failed");
+                }
+                if let Err(e) = me.expire_stats().await {
+                    tracing::warn!(error = e.message, "statistics expiry failed");
+                }
+                if let Err(e) = me.send_weekly_reports().await {
+                    tracing::warn!(error = e.message, "weekly reports not sent");
                 }
                 // Messages that could not be sent when the day arrived.
                 if let Some(store) = &me.logs {

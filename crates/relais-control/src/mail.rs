@@ -119,6 +119,133 @@ pub fn logs_ready(
     }
 }
 
+/// Bytes in decimal units (what operators bill in).
+pub fn human_bytes(n: u64, fr: bool) -> String {
+    let units: [&str; 5] = if fr {
+        ["o", "ko", "Mo", "Go", "To"]
+    } else {
+        ["B", "kB", "MB", "GB", "TB"]
+    };
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < units.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    let s = if i == 0 {
+        format!("{n} {}", units[0])
+    } else {
+        format!("{v:.1} {}", units[i])
+    };
+    if fr { s.replace('.', ",") } else { s }
+}
+
+fn percent(r: Option<f64>, fr: bool) -> String {
+    match r {
+        None => "—".into(),
+        Some(r) => {
+            let s = format!("{:.1} %", r * 100.0);
+            if fr {
+                s.replace('.', ",")
+            } else {
+                s.replace(" %", "%")
+            }
+        }
+    }
+}
+
+/// One metric of the weekly report: (label, value).
+pub fn metric_line(metric: &str, a: &relais_edge::stats::Agg, fr: bool) -> (String, String) {
+    let (l_fr, l_en, v) = match metric {
+        "requests" => ("Requêtes", "Requests", a.requests.to_string()),
+        "visitors" => (
+            "Visiteurs (estimation)",
+            "Visitors (estimate)",
+            a.visitors.estimate().to_string(),
+        ),
+        "bytes_sent" => ("Volume envoyé", "Data sent", human_bytes(a.bytes_sent, fr)),
+        "hit_ratio" => (
+            "Taux de succès du cache (requêtes)",
+            "Cache hit ratio (requests)",
+            percent(a.hit_ratio(), fr),
+        ),
+        "byte_hit_ratio" => (
+            "Taux de succès du cache (octets)",
+            "Cache hit ratio (bytes)",
+            percent(a.byte_hit_ratio(), fr),
+        ),
+        "under_2s" => (
+            "Réponses en moins de 2 s",
+            "Responses under 2 s",
+            percent(a.under_2s(), fr),
+        ),
+        "errors" => ("Erreurs (5xx)", "Errors (5xx)", a.errors.to_string()),
+        _ => (
+            "Codes 2xx / 3xx / 4xx / 5xx",
+            "Status 2xx / 3xx / 4xx / 5xx",
+            format!(
+                "{} / {} / {} / {}",
+                a.status[1], a.status[2], a.status[3], a.status[4]
+            ),
+        ),
+    };
+    ((if fr { l_fr } else { l_en }).to_owned(), v)
+}
+
+/// The weekly statistics report: (subject, body).
+#[allow(clippy::too_many_arguments)]
+pub fn weekly_report(
+    lang: &str,
+    org: &str,
+    from: &str,
+    to: &str,
+    metrics: &[String],
+    sites: &[(String, relais_edge::stats::Agg)],
+    total: &relais_edge::stats::Agg,
+    link: &str,
+) -> (String, String) {
+    let fr = lang != "en";
+    let block = |title: &str, a: &relais_edge::stats::Agg| {
+        let mut b = format!("{title}\n");
+        for m in metrics {
+            let (l, v) = metric_line(m, a, fr);
+            b.push_str(&format!("  {l}{} {v}\n", if fr { " :" } else { ":" }));
+        }
+        b
+    };
+    let mut body = if fr {
+        format!("Bonjour,\n\nVoici les statistiques de {org} du {from} au {to} (UTC).\n\n")
+    } else {
+        format!("Hello,\n\nHere are the statistics of {org} from {from} to {to} (UTC).\n\n")
+    };
+    for (s, a) in sites {
+        body.push_str(&block(s, a));
+        body.push('\n');
+    }
+    if sites.len() > 1 {
+        body.push_str(&block(
+            if fr {
+                "Ensemble des sites"
+            } else {
+                "All sites"
+            },
+            total,
+        ));
+        body.push('\n');
+    }
+    body.push_str(&if fr {
+        format!("Détail et exports : {link}\n\nCe message est automatique ; les indicateurs se choisissent dans l'extranet.\n")
+    } else {
+        format!("Details and exports: {link}\n\nThis message is automatic; choose its metrics in the extranet.\n")
+    });
+    let subject = if fr {
+        format!("[Relais] Statistiques de la semaine du {from} — {org}")
+    } else {
+        format!("[Relais] Statistics for the week of {from} — {org}")
+    };
+    (subject, body)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

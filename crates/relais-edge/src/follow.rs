@@ -157,8 +157,10 @@ pub fn spawn(edge: Arc<Edge>, opts: FollowOptions) -> Result<FollowHandle, Strin
         tokio::spawn(f.clone().watchdog()),
     ];
     if f.edge.access_log.is_some() {
-        tasks.push(tokio::spawn(f.ship_logs()));
+        tasks.push(tokio::spawn(f.clone().ship_logs()));
     }
+    f.edge.set_stats(true);
+    tasks.push(tokio::spawn(f.ship_stats()));
     Ok(FollowHandle { tasks })
 }
 
@@ -481,6 +483,62 @@ impl Follower {
         }
     }
 
+    /// Collects closed statistics minutes, writes them as a numbered batch under
+    /// `state_dir/stats` and delivers pending batches in order; a batch file is removed once the
+    /// control plane has accepted it (it ignores a number it has already counted).
+    async fn ship_stats(self: Arc<Self>) {
+        let dir = self.opts.state_dir.join("stats");
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::error!(error = %e, "cannot create the statistics spool; statistics are off");
+            self.edge.set_stats(false);
+            return;
+        }
+        let uri = format!("{}/edge/v1/stats", self.opts.control.trim_end_matches('/'));
+        let mut seq = stats_seq(&dir);
+        let mut tick = tokio::time::interval(self.opts.ship_every.min(Duration::from_secs(10)));
+        loop {
+            tick.tick().await;
+            let minutes = self.edge.take_stats();
+            if !minutes.is_empty() {
+                seq += 1;
+                let batch = crate::stats::Batch { seq, minutes };
+                let written = serde_json::to_vec(&batch)
+                    .map_err(std::io::Error::other)
+                    .and_then(|b| write_atomic(&dir.join(format!("{seq:016}.json")), &b))
+                    .and_then(|()| write_atomic(&dir.join("seq"), seq.to_string().as_bytes()));
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "statistics batch not spooled");
+                }
+            }
+            for path in pending_batches(&dir) {
+                let Ok(body) = tokio::fs::read(&path).await else {
+                    continue;
+                };
+                let req = Request::builder()
+                    .method(Method::POST)
+                    .uri(&uri)
+                    .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)));
+                let Ok(req) = req else { continue };
+                match self.client.request(req).await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.into_body().collect().await;
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Ok(r) => {
+                        tracing::warn!(status = %r.status(), file = %path.display(), "control plane refused a statistics batch");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "control plane unreachable for statistics");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     async fn send_acks(self: Arc<Self>, mut rx: watch::Receiver<Ack>) {
         let uri = format!("{}/edge/v1/ack", self.opts.control.trim_end_matches('/'));
         loop {
@@ -516,6 +574,37 @@ impl Follower {
             }
         }
     }
+}
+
+/// The last batch number used: the larger of the saved counter and any batch still waiting.
+fn stats_seq(dir: &Path) -> u64 {
+    let saved = std::fs::read_to_string(dir.join("seq"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    pending_batches(dir)
+        .iter()
+        .filter_map(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
+        .fold(saved, u64::max)
+}
+
+/// Statistics batches waiting for delivery, oldest first.
+fn pending_batches(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "json")
+                        && p.file_stem()
+                            .and_then(|s| s.to_str())
+                            .is_some_and(|s| s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// Closed days not yet delivered: (manifest, compressed file), oldest first.

@@ -69,6 +69,8 @@ pub struct SiteMetrics {
     pub bytes_from_origin: AtomicU64,
     pub coalesced: AtomicU64,
     pub purges: AtomicU64,
+    /// Per-minute statistics not yet collected (recorded only while statistics are on).
+    pub minutes: crate::stats::Minutes,
 }
 
 impl SiteMetrics {

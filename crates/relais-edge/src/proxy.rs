@@ -141,6 +141,8 @@ pub struct Edge {
     vouched: AtomicBool,
     /// Per-site access logs, when the configuration names a directory (fixed at start).
     pub access_log: Option<Arc<crate::accesslog::AccessLog>>,
+    /// Whether requests are recorded in per-minute statistics.
+    stats_on: AtomicBool,
 }
 
 /// What lookup + policy decided for a GET/HEAD.
@@ -271,6 +273,7 @@ impl Edge {
             last_reload_error: Mutex::new(None),
             vouched: AtomicBool::new(true),
             access_log,
+            stats_on: AtomicBool::new(false),
         });
         edge.apply(config).map_err(EdgeError::Config)?;
         Ok(edge)
@@ -383,47 +386,104 @@ impl Edge {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Response<EdgeBody> {
-        let Some(log) = self.access_log.clone() else {
+        let log = self.access_log.clone();
+        let stats = self.stats_on.load(Ordering::Relaxed);
+        if log.is_none() && !stats {
             return self.handle_inner(req, conn, &mut None).await;
-        };
+        }
         let started = std::time::Instant::now();
-        let referer = req.headers().get(header::REFERER).cloned();
         let user_agent = req.headers().get(header::USER_AGENT).cloned();
-        let method = req.method().clone();
-        let version = req.version();
-        let target = req.uri().clone();
+        let logged = log.as_ref().map(|_| {
+            (
+                req.headers().get(header::REFERER).cloned(),
+                req.method().clone(),
+                req.version(),
+                req.uri().clone(),
+            )
+        });
         let ip = conn.remote.ip();
         let mut routed = None;
-        let resp = self.handle_inner(req, conn, &mut routed).await;
+        let resp = self.clone().handle_inner(req, conn, &mut routed).await;
         let Some(rt) = routed else {
             return resp;
         };
-        let line = crate::accesslog::Line {
-            site: rt.log_name.clone(),
-            opts: rt.site.log,
-            // Set once, when the response ends (lines are timed as nginx does).
-            at: std::time::UNIX_EPOCH,
-            started,
-            ip,
-            method,
-            target,
-            version,
-            status: resp.status().as_u16(),
-            bytes: 0,
-            referer,
-            user_agent,
-            micros: 0,
-        };
+        let status = resp.status().as_u16();
+        let stat = stats.then(|| {
+            let r = crate::stats::Request {
+                class: crate::stats::classify(
+                    status,
+                    resp.headers().get("cache-status").map(|v| v.as_bytes()),
+                ),
+                status,
+                ttfb_ms: started.elapsed().as_millis() as u64,
+                sent: 0,
+                visitor: crate::stats::visitor_hash(ip, user_agent.as_ref().map(|v| v.as_bytes())),
+            };
+            (r, rt.metrics.clone())
+        });
+        let line = log
+            .zip(logged)
+            .map(|(log, (referer, method, version, target))| {
+                let line = crate::accesslog::Line {
+                    site: rt.log_name.clone(),
+                    opts: rt.site.log,
+                    // Set once, when the response ends (lines are timed as nginx does).
+                    at: std::time::UNIX_EPOCH,
+                    started,
+                    ip,
+                    method,
+                    target,
+                    version,
+                    status,
+                    bytes: 0,
+                    referer,
+                    user_agent,
+                    micros: 0,
+                };
+                (line, log)
+            });
         let (parts, body) = resp.into_parts();
         Response::from_parts(
             parts,
             EdgeBody::Logged(Box::new(crate::response::Logged {
                 inner: body,
                 sent: 0,
-                line: Some(line),
-                log,
+                line,
+                stat,
+                clock: self.clock.clone(),
             })),
         )
+    }
+
+    /// Turns per-minute statistics on or off (on for edges that ship them to a control plane).
+    pub fn set_stats(&self, on: bool) {
+        self.stats_on.store(on, Ordering::Relaxed);
+    }
+
+    /// Takes every site's closed minutes (those before the current one).
+    pub fn take_stats(&self) -> Vec<crate::stats::SiteMinute> {
+        let current = self
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64
+            / 60;
+        let sites: Vec<(String, Arc<SiteMetrics>)> = match self.site_metrics.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => return vec![],
+        };
+        let mut out = vec![];
+        for (site, m) in sites {
+            for (minute, agg) in m.minutes.take_before(current) {
+                out.push(crate::stats::SiteMinute {
+                    site: site.clone(),
+                    minute,
+                    agg,
+                });
+            }
+        }
+        out
     }
 
     async fn handle_inner(

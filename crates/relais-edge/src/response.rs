@@ -31,21 +31,39 @@ pub enum EdgeBody {
     Logged(Box<Logged>),
 }
 
-/// A body whose bytes are counted for the access log.
+/// A body whose bytes are counted for the access log and statistics, which both record the
+/// request when its response ends (or is abandoned).
 pub struct Logged {
     pub inner: EdgeBody,
     pub sent: u64,
-    pub line: Option<crate::accesslog::Line>,
-    pub log: std::sync::Arc<crate::accesslog::AccessLog>,
+    pub line: Option<(
+        crate::accesslog::Line,
+        std::sync::Arc<crate::accesslog::AccessLog>,
+    )>,
+    pub stat: Option<(
+        crate::stats::Request,
+        std::sync::Arc<crate::metrics::SiteMetrics>,
+    )>,
+    pub clock: crate::clock::SharedClock,
 }
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        if let Some(mut l) = self.line.take() {
+        let now = self.clock.now();
+        if let Some((mut l, log)) = self.line.take() {
             l.bytes = self.sent;
             l.micros = l.started.elapsed().as_micros() as u64;
-            l.at = self.log.now();
-            self.log.log(l);
+            l.at = now;
+            log.log(l);
+        }
+        if let Some((mut r, m)) = self.stat.take() {
+            r.sent = self.sent;
+            let minute = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs() as i64
+                / 60;
+            m.minutes.record(minute, &r);
         }
     }
 }

@@ -79,6 +79,12 @@ enum Command {
         /// SFTP access to the access logs (customers sign in with a password or an SSH key).
         #[arg(long, default_value = "127.0.0.1:2222", env = "RELAIS_SFTP_LISTEN")]
         sftp_listen: SocketAddr,
+        /// Days per-minute statistics are kept.
+        #[arg(long, default_value_t = 7)]
+        stats_minutes_days: i64,
+        /// Days hourly statistics are kept (daily ones are kept without limit).
+        #[arg(long, default_value_t = 400)]
+        stats_hours_days: i64,
     },
     /// The audit journal.
     Audit {
@@ -313,6 +319,8 @@ async fn run(cmd: Command) -> Result<()> {
             log_store,
             mail,
             sftp_listen,
+            stats_minutes_days,
+            stats_hours_days,
         } => {
             prepare_sqlite_dir(&database_url)?;
             let ctl = relais_control::Control::open(
@@ -323,6 +331,8 @@ async fn run(cmd: Command) -> Result<()> {
                     log_store: Some(log_store),
                     smtp: mail.smtp()?,
                     public_url: mail.public_url.clone(),
+                    stats_minutes_days,
+                    stats_hours_days,
                 },
             )
             .await?;
