@@ -142,7 +142,7 @@ pub fn human_bytes(n: u64, fr: bool) -> String {
 
 fn percent(r: Option<f64>, fr: bool) -> String {
     match r {
-        None => "—".into(),
+        None => if fr { "sans objet" } else { "n/a" }.into(),
         Some(r) => {
             let s = format!("{:.1} %", r * 100.0);
             if fr {

@@ -432,7 +432,8 @@ impl crate::Control {
 
 impl crate::Control {
     /// Sends last week's report (Monday to Sunday, UTC) to every organisation that has report
-    /// recipients and has not had it yet. Returns how many messages were sent.
+    /// recipients, traffic that week, and has not had it yet. Returns how many messages were
+    /// sent.
     pub async fn send_weekly_reports(&self) -> ApiResult<usize> {
         let Some(mailer) = &self.mailer else {
             return Ok(0);
@@ -461,6 +462,10 @@ impl crate::Control {
                 continue;
             }
             let r = self.stats_report(&sites, week, Step::Day).await?;
+            if r.total.requests == 0 {
+                // Nothing served that week (sites not yet live): no report.
+                continue;
+            }
             let (from, to) = (
                 relais_edge::accesslog::date_string(week.from),
                 relais_edge::accesslog::date_string(week.to),

@@ -1888,3 +1888,337 @@ async fn sftp_serves_each_customer_only_their_logs_read_only(kind: Kind) {
     assert!(!ok);
 }
 both!(sftp_serves_each_customer_only_their_logs_read_only);
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------------
+
+async fn get_ua(addr: SocketAddr, host: &str, path: &str, ua: &str) -> (u16, u64) {
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = c
+        .get(format!("http://{addr}{path}"))
+        .header("host", host)
+        .header("user-agent", ua)
+        .send()
+        .await
+        .expect("get");
+    let status = r.status().as_u16();
+    (status, r.bytes().await.map(|b| b.len() as u64).unwrap_or(0))
+}
+
+/// Decodes a quoted-printable body (soft line breaks and `=XX`).
+fn quoted_printable(s: &str) -> String {
+    let s = s.replace("=\r\n", "");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'='
+            && i + 2 < b.len()
+            && let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(x);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn minute_of(clock: &ManualClock) -> i64 {
+    use relais_edge::clock::Clock;
+    clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64
+        / 60
+}
+
+async fn traffic_statistics_from_two_edges(kind: Kind) {
+    let Some(mut h) = H::new(kind).await else {
+        return;
+    };
+    let origin = Origin::start(|s| match s.path.as_str() {
+        "/boom" => Reply::ok("panne").status(500),
+        "/nostore" => Reply::ok("dynamique").header("cache-control", "no-store"),
+        p => Reply::ok(format!("page {p}")).header("cache-control", "max-age=600"),
+    })
+    .await;
+    let o = h.org("org-stats", None, &h.admin).await;
+    let s = h.site(o, "chiffres", "chiffres.test", &origin.url()).await;
+    let (_, reader) = h.token(o, "read", Some(3650)).await;
+    let clock: relais_edge::clock::SharedClock = Arc::new(h.clock.clone());
+    let e1 = start_edge_with(&h, "s1", Duration::from_secs(3600), clock.clone(), false).await;
+    let e2 = start_edge_with(&h, "s2", Duration::from_secs(3600), clock.clone(), false).await;
+    for e in [&e1, &e2] {
+        assert!(
+            until(Duration::from_secs(5), || async {
+                fetch(e.addr, "chiffres.test", "/warm").await.0 == 200
+            })
+            .await
+        );
+    }
+    // A minute of known traffic on two edges, from two visitors.
+    h.clock.advance(Duration::from_secs(60));
+    let m1 = minute_of(&h.clock);
+    let mut sent = 0;
+    let mut cached = 0;
+    for i in 0..3 {
+        let (st, n) = get_ua(e1.addr, "chiffres.test", "/page", "Firefox").await;
+        assert_eq!(st, 200);
+        sent += n;
+        if i > 0 {
+            cached += n;
+        }
+    }
+    for i in 0..2 {
+        let (_, n) = get_ua(e2.addr, "chiffres.test", "/page", "Chromium").await;
+        sent += n;
+        if i > 0 {
+            cached += n;
+        }
+    }
+    sent += get_ua(e2.addr, "chiffres.test", "/nostore", "Chromium")
+        .await
+        .1;
+    let (st, n) = get_ua(e1.addr, "chiffres.test", "/boom", "Firefox").await;
+    assert_eq!(st, 500);
+    sent += n;
+    // The minute closes; both edges ship it.
+    h.clock.advance(Duration::from_secs(60));
+    let date = relais_edge::accesslog::date_string(m1 / 1440);
+    let at = relais_control::stats::stamp(m1 * 60, relais_control::stats::Step::Minute);
+    let minutes = format!("/api/v1/sites/{s}/stats?from={date}&to={date}&step=minute");
+    let point = |v: &Value| {
+        v["points"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["at"] == at.as_str()).cloned())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        until(Duration::from_secs(10), || async {
+            point(&h.get(&minutes, &reader).await.body)["requests"] == 7
+        })
+        .await,
+        "{}",
+        h.get(&minutes, &reader).await.text
+    );
+    let r = h.get(&minutes, &reader).await;
+    assert_eq!(r.body["points"].as_array().map(Vec::len), Some(1440));
+    let p = point(&r.body);
+    assert_eq!(p["hits"], 3, "{p}");
+    assert_eq!(p["misses"], 3, "{p}");
+    assert_eq!(p["errors"], 1, "{p}");
+    assert_eq!(p["stale"], 0, "{p}");
+    assert_eq!(p["status"]["2xx"], 6, "{p}");
+    assert_eq!(p["status"]["5xx"], 1, "{p}");
+    assert_eq!(p["visitors"], 2, "{p}");
+    assert_eq!(p["bytes_sent"], sent, "{p}");
+    assert_eq!(p["bytes_cached"], cached, "{p}");
+    assert_eq!(p["bytes_origin"], sent - cached, "{p}");
+    assert_eq!(p["hit_ratio"], json!(0.4286), "{p}");
+    assert_eq!(p["under_2s"], json!(1.0), "{p}");
+    // Hours and days were merged from the same minutes: the day holds the warm-up too.
+    let day = h
+        .get(
+            &format!("/api/v1/sites/{s}/stats?from={date}&to={date}&step=day"),
+            &reader,
+        )
+        .await;
+    assert_eq!(day.body["points"].as_array().map(Vec::len), Some(1));
+    let total = day.body["total"].clone();
+    assert!(total["requests"].as_u64() >= Some(9), "{total}");
+    assert_eq!(total["requests"], day.body["points"][0]["requests"]);
+    assert_eq!(
+        total["response_time_ms"].as_array().map(Vec::len),
+        Some(relais_edge::stats::TTFB_BUCKETS)
+    );
+    // A batch delivered twice counts once.
+    let token = h.ctl.local_edge_token("replayer").await.expect("token");
+    let mut agg = relais_edge::stats::Agg::default();
+    agg.requests = 5;
+    agg.bypass = 5;
+    let batch = json!({"seq": 1, "minutes": [{"site": "chiffres", "minute": m1, "agg": agg}]});
+    for expected in [1, 0] {
+        let r = h
+            .http
+            .post(format!("{}/edge/v1/stats", h.base))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(batch.to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 200);
+        let v: Value = serde_json::from_str(&r.text().await.expect("text")).expect("json");
+        assert_eq!(v["counted"], expected);
+    }
+    let r = h.get(&minutes, &reader).await;
+    assert_eq!(point(&r.body)["requests"], 12);
+    assert_eq!(point(&r.body)["bypass"], 5);
+    // Edges cannot read, readers cannot write, bad batches are refused whole.
+    assert_eq!(
+        h.http
+            .post(format!("{}/edge/v1/stats", h.base))
+            .bearer_auth(&reader)
+            .header("content-type", "application/json")
+            .body(batch.to_string())
+            .send()
+            .await
+            .expect("post")
+            .status(),
+        401
+    );
+    let bad = h
+        .http
+        .post(format!("{}/edge/v1/stats", h.base))
+        .bearer_auth(&token)
+        .body(json!({"seq": 2, "minutes": [{"site": "chiffres", "minute": m1, "agg": {"visitors": "zz"}}]}).to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bad.status(), 400);
+    assert_eq!(point(&h.get(&minutes, &reader).await.body)["requests"], 12);
+    // Bad ranges get clear errors.
+    let r = h
+        .get(&format!("/api/v1/sites/{s}/stats?from=2026-13-01"), &reader)
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["field"].as_str()),
+        (422, Some("from"))
+    );
+    let r = h
+        .get(
+            &format!("/api/v1/sites/{s}/stats?step=minute&from=2026-01-01&to=2026-01-09"),
+            &reader,
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["field"].as_str()),
+        (422, Some("step"))
+    );
+    // The organisation view sums its sites; usage reports the month's bandwidth.
+    let org = h
+        .get(
+            &format!("/api/v1/orgs/{o}/stats?from={date}&to={date}"),
+            &reader,
+        )
+        .await;
+    assert_eq!(
+        org.body["total"]["requests"],
+        total["requests"].as_u64().map(|n| n + 5).unwrap_or(0)
+    );
+    assert_eq!(org.body["sites"][0]["site"], "chiffres");
+    let month = &date[..7];
+    let usage = h
+        .get(&format!("/api/v1/orgs/{o}/usage?month={month}"), &reader)
+        .await;
+    assert_eq!(
+        usage.body["sites"][0]["bytes_sent"],
+        org.body["total"]["bytes_sent"]
+    );
+    assert_eq!(
+        h.get(&format!("/api/v1/orgs/{o}/usage?month=2026-1"), &reader)
+            .await
+            .status,
+        422
+    );
+    // CSV export: the minute's row carries the same figures.
+    let csv = h
+        .http
+        .get(format!("{}{minutes}&format=csv&lang=en", h.base).replace("/stats?", "/stats/export?"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("csv");
+    assert_eq!(csv.status(), 200);
+    assert!(
+        csv.headers()["content-disposition"]
+            .to_str()
+            .unwrap_or("")
+            .contains(".csv")
+    );
+    let csv = csv.text().await.expect("text");
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with(&at))
+        .expect("the minute's row");
+    let cols: Vec<&str> = row.split(',').collect();
+    assert_eq!(cols[1], "12");
+    assert_eq!(cols[3], sent.to_string());
+    assert!(
+        csv.trim_start_matches('\u{feff}')
+            .starts_with("Period (UTC),Requests,")
+    );
+    // Another tenant sees none of it.
+    h.admin_again().await;
+    let other = h.org("org-autre", None, &h.admin).await;
+    let (_, tok) = h.token(other, "read", None).await;
+    for path in [
+        format!("/api/v1/sites/{s}/stats"),
+        format!("/api/v1/sites/{s}/stats/export?format=xlsx"),
+        format!("/api/v1/orgs/{o}/stats"),
+        format!("/api/v1/orgs/{o}/usage"),
+    ] {
+        assert_eq!(h.get(&path, &tok).await.status, 404, "{path}");
+    }
+    // Weekly report: the metrics the customer chose, once.
+    let r = h
+        .put(
+            &format!("/api/v1/orgs/{o}/settings"),
+            &h.admin,
+            json!({"report_recipients": ["direction@chiffres.test"], "report_metrics": ["requests", "hit_ratio"], "language": "en"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let bad = h
+        .put(
+            &format!("/api/v1/orgs/{o}/settings"),
+            &h.admin,
+            json!({"report_metrics": ["requests", "humeur"]}),
+        )
+        .await;
+    assert_eq!(bad.body["field"], "report_metrics[1]");
+    let d0 = m1 / 1440;
+    assert_eq!(
+        h.ctl.send_weekly_reports().await.expect("report"),
+        0,
+        "the week is not over: {:?}",
+        h.sink.received().last().map(|m| m.data.clone())
+    );
+    let next_monday = d0 - (d0 + 3).rem_euclid(7) + 7;
+    h.clock.advance(Duration::from_secs(
+        ((next_monday * 1440 - m1) * 60 + 3600) as u64,
+    ));
+    assert_eq!(h.ctl.send_weekly_reports().await.expect("report"), 1);
+    assert_eq!(
+        h.ctl.send_weekly_reports().await.expect("report"),
+        0,
+        "sent twice"
+    );
+    let mails = h.sink.received();
+    let mut mail = mails.last().expect("a report").clone();
+    mail.data = quoted_printable(&mail.data);
+    assert_eq!(mail.to, ["direction@chiffres.test"]);
+    assert!(mail.data.contains("Requests: "), "{}", mail.data);
+    assert!(
+        mail.data.contains("Cache hit ratio (requests): "),
+        "{}",
+        mail.data
+    );
+    assert!(!mail.data.contains("Visitors"), "{}", mail.data);
+    assert!(mail.data.contains("chiffres"), "{}", mail.data);
+    assert!(
+        mail.data
+            .contains(&format!("Requests: {}", org.body["total"]["requests"])),
+        "{}",
+        mail.data
+    );
+}
+both!(traffic_statistics_from_two_edges);
