@@ -2041,9 +2041,11 @@ async fn traffic_statistics_from_two_edges(kind: Kind) {
     );
     // A batch delivered twice counts once.
     let token = h.ctl.local_edge_token("replayer").await.expect("token");
-    let mut agg = relais_edge::stats::Agg::default();
-    agg.requests = 5;
-    agg.bypass = 5;
+    let agg = relais_edge::stats::Agg {
+        requests: 5,
+        bypass: 5,
+        ..Default::default()
+    };
     let batch = json!({"seq": 1, "minutes": [{"site": "chiffres", "minute": m1, "agg": agg}]});
     for expected in [1, 0] {
         let r = h
