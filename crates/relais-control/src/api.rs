@@ -25,7 +25,7 @@ use crate::auth::{self, Actor, Perm, Who, millis};
 use crate::db::col;
 use crate::edges::PurgeRequest;
 use crate::error::{ApiError, ApiResult};
-use crate::members::{MemberBody, TokenBody};
+use crate::members::{MemberBody, OrgSettings, TokenBody};
 use crate::sites::{self, SiteRow};
 use crate::stats::StatsQuery;
 
@@ -1342,43 +1342,6 @@ async fn org_usage(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrgSettings {
-    #[serde(default)]
-    log_retention_months: Option<i64>,
-    /// Who receives "logs ready" messages.
-    #[serde(default)]
-    log_recipients: Option<Vec<String>>,
-    /// `fr` or `en`, for messages.
-    #[serde(default)]
-    language: Option<String>,
-    /// Who receives the weekly statistics report (none: no report).
-    #[serde(default)]
-    report_recipients: Option<Vec<String>>,
-    /// Which metrics the weekly report carries (see `stats::METRICS`).
-    #[serde(default)]
-    report_metrics: Option<Vec<String>>,
-}
-
-fn check_recipients(field: &str, r: &[String]) -> ApiResult<()> {
-    if r.len() > 50 {
-        return Err(ApiError::invalid(
-            field,
-            "at most 50 addresses / 50 adresses au plus",
-        ));
-    }
-    for (i, a) in r.iter().enumerate() {
-        if a.parse::<lettre::message::Mailbox>().is_err() {
-            return Err(ApiError::invalid(
-                format!("{field}[{i}]"),
-                "not an e-mail address / adresse e-mail invalide",
-            ));
-        }
-    }
-    Ok(())
-}
-
 async fn org_settings(
     State(st): St,
     actor: Actor,
@@ -1386,94 +1349,7 @@ async fn org_settings(
     JsonBody(b): JsonBody<OrgSettings>,
 ) -> ApiResult<Json<Value>> {
     let oid = id(&oid)?;
-    st.check(&actor, oid, Perm::Admin).await?;
-    if let Some(m) = b.log_retention_months
-        && !(6..=120).contains(&m)
-    {
-        return Err(ApiError::invalid(
-            "log_retention_months",
-            "between 6 and 120 months / entre 6 et 120 mois",
-        ));
-    }
-    if let Some(l) = &b.language
-        && l != "fr"
-        && l != "en"
-    {
-        return Err(ApiError::invalid("language", "fr or en / fr ou en"));
-    }
-    if let Some(r) = &b.log_recipients {
-        check_recipients("log_recipients", r)?;
-    }
-    if let Some(r) = &b.report_recipients {
-        check_recipients("report_recipients", r)?;
-    }
-    if let Some(m) = &b.report_metrics {
-        for (i, x) in m.iter().enumerate() {
-            if !crate::stats::METRICS.contains(&x.as_str()) {
-                return Err(ApiError::invalid(
-                    format!("report_metrics[{i}]"),
-                    format!("one of / parmi : {}", crate::stats::METRICS.join(", ")),
-                ));
-            }
-        }
-    }
-    let _w = st.writer.lock().await;
-    let now = st.clock.now();
-    let mut tx = st.db.begin().await?;
-    let row = st
-        .db
-        .q("SELECT log_retention_months, log_recipients, language, report_recipients, report_metrics FROM orgs WHERE id = ?")
-        .bind(oid)
-        .fetch_one(&mut *tx)
-        .await?;
-    let before = json!({
-        "log_retention_months": col::<i64>(&row, "log_retention_months")?,
-        "log_recipients": serde_json::from_str::<Value>(&col::<String>(&row, "log_recipients")?).unwrap_or(json!([])),
-        "language": col::<String>(&row, "language")?,
-        "report_recipients": serde_json::from_str::<Value>(&col::<String>(&row, "report_recipients")?).unwrap_or(json!([])),
-        "report_metrics": serde_json::from_str::<Value>(&col::<String>(&row, "report_metrics")?).unwrap_or(json!([])),
-    });
-    let mut after = before.clone();
-    if let Some(m) = b.log_retention_months {
-        after["log_retention_months"] = json!(m);
-    }
-    if let Some(r) = &b.log_recipients {
-        after["log_recipients"] = json!(r);
-    }
-    if let Some(l) = &b.language {
-        after["language"] = json!(l);
-    }
-    if let Some(r) = &b.report_recipients {
-        after["report_recipients"] = json!(r);
-    }
-    if let Some(m) = &b.report_metrics {
-        after["report_metrics"] = json!(m);
-    }
-    st.db
-        .q("UPDATE orgs SET log_retention_months = ?, log_recipients = ?, language = ?, report_recipients = ?, report_metrics = ? WHERE id = ?")
-        .bind(after["log_retention_months"].as_i64().unwrap_or(13))
-        .bind(after["log_recipients"].to_string())
-        .bind(after["language"].as_str().unwrap_or("fr").to_owned())
-        .bind(after["report_recipients"].to_string())
-        .bind(after["report_metrics"].to_string())
-        .bind(oid)
-        .execute(&mut *tx)
-        .await?;
-    audit::record(
-        &st.db,
-        &mut tx,
-        now,
-        &actor,
-        Change {
-            org_id: Some(oid),
-            action: "org.settings",
-            target: format!("org #{oid}"),
-            before: Some(before),
-            after: Some(after),
-        },
-    )
-    .await?;
-    tx.commit().await?;
+    st.set_org_settings(&actor, oid, b).await?;
     Ok(Json(org_json(&st, oid).await?))
 }
 

@@ -563,11 +563,14 @@ pub fn parse_date(s: &str) -> Option<Day> {
     if !valid {
         return None;
     }
-    Some(days_from_civil(
+    let (y, m, d) = (
         s[0..4].parse().ok()?,
         s[5..7].parse().ok()?,
         s[8..10].parse().ok()?,
-    ))
+    );
+    let day = days_from_civil(y, m, d);
+    // Only real dates: 2026-02-30 or 2026-13-01 do not round-trip.
+    (civil(day) == (y, m as u32, d as u32)).then_some(day)
 }
 
 /// Writes a file whole or not at all: a temporary file, synced, then renamed over `path`.

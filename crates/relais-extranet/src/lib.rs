@@ -13,6 +13,7 @@
 
 pub mod i18n;
 mod pages;
+mod stats;
 
 use std::sync::Arc;
 

@@ -24,8 +24,8 @@ use serde_json::Value;
 use crate::i18n::{Lang, Tr};
 use crate::{WebUser, html};
 
-type St = State<Arc<Control>>;
-type Fields = HashMap<String, String>;
+pub(crate) type St = State<Arc<Control>>;
+pub(crate) type Fields = HashMap<String, String>;
 
 pub fn router_pages(ctl: Arc<Control>) -> Router {
     Router::new()
@@ -51,6 +51,9 @@ pub fn router_pages(ctl: Arc<Control>) -> Router {
         .route("/sites/{id}/rules/{index}/delete", post(delete_rule))
         .route("/purges/{id}", get(receipt))
         .route("/sites/{id}/logs", get(logs_page))
+        .route("/sites/{id}/stats", get(crate::stats::site_stats_page))
+        .route("/orgs/{id}/stats", get(crate::stats::org_stats_page))
+        .route("/orgs/{id}/report", post(crate::stats::save_report))
         .route("/account/keys", get(keys_page).post(add_key))
         .route("/account/keys/{id}/delete", post(delete_key))
         .route("/orgs/{id}/audit", get(audit_page))
@@ -97,7 +100,7 @@ pub struct Page {
 }
 
 impl Page {
-    fn of(u: &WebUser, title: &str, org: Option<i64>) -> Page {
+    pub(crate) fn of(u: &WebUser, title: &str, org: Option<i64>) -> Page {
         Page {
             t: u.t,
             title: title.to_owned(),
@@ -109,7 +112,7 @@ impl Page {
     }
 }
 
-fn render(t: &impl Template) -> Response {
+pub(crate) fn render(t: &impl Template) -> Response {
     match t.render() {
         Ok(s) => html(StatusCode::OK, s),
         Err(e) => {
@@ -144,7 +147,7 @@ pub fn error_page(t: Tr, status: StatusCode, message: &str) -> Response {
 }
 
 /// An API error as a page (validation errors are shown on their form instead).
-fn api_error(t: Tr, e: ApiError) -> Response {
+pub(crate) fn api_error(t: Tr, e: ApiError) -> Response {
     match e.code {
         "not_found" => error_page(t, StatusCode::NOT_FOUND, t.s("err.not_found")),
         "forbidden" => error_page(t, StatusCode::FORBIDDEN, t.s("err.forbidden")),
@@ -155,11 +158,11 @@ fn api_error(t: Tr, e: ApiError) -> Response {
     }
 }
 
-fn field<'a>(f: &'a Fields, k: &str) -> &'a str {
+pub(crate) fn field<'a>(f: &'a Fields, k: &str) -> &'a str {
     f.get(k).map(String::as_str).unwrap_or("")
 }
 
-fn check_csrf(u: &WebUser, f: &Fields) -> Result<(), Response> {
+pub(crate) fn check_csrf(u: &WebUser, f: &Fields) -> Result<(), Response> {
     let sent = field(f, "_csrf");
     let want = u.csrf();
     if sent.len() == want.len() && ring_eq(sent.as_bytes(), want.as_bytes()) {
@@ -420,7 +423,7 @@ struct DashboardTpl {
     form_origin: String,
 }
 
-fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
+pub(crate) fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
     let key = match field(q, "ok") {
         "mode" => "mode.done",
         "published" => "publish.done",
@@ -437,6 +440,7 @@ fn flash(t: Tr, q: &Fields) -> Option<&'static str> {
         "certificate" => "cert.done",
         "key_added" => "keys.added",
         "key_removed" => "keys.removed",
+        "report" => "report.saved",
         _ => return None,
     };
     Some(t.s(key))
@@ -656,7 +660,11 @@ struct SiteTpl {
 }
 
 /// Loads a site the person may read, with what they may do there.
-async fn load_site(st: &Control, u: &WebUser, id: &str) -> Result<(SiteRow, bool, bool), Response> {
+pub(crate) async fn load_site(
+    st: &Control,
+    u: &WebUser,
+    id: &str,
+) -> Result<(SiteRow, bool, bool), Response> {
     let Ok(id) = id.parse::<i64>() else {
         return Err(error_page(
             u.t,

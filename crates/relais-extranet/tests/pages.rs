@@ -1005,3 +1005,127 @@ async fn ssh_keys_and_log_days_pages() {
     let r = viewer.post("/account/keys", &[("key", key)]).await;
     assert_eq!(r.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_pages_exports_and_weekly_report_settings() {
+    use relais_edge::stats::{Agg, Batch, Class, Request, SiteMinute, visitor_hash};
+    let h = H::new().await;
+    let admin = h.admin_api().await;
+    // A minute of traffic on the demo site, as an edge ships it.
+    let token = h._ctl.local_edge_token("e1").await.expect("token");
+    let edge = h._ctl.edge_by_token(&token).await.expect("edge");
+    let minute = h
+        .clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64
+        / 60;
+    let mut agg = Agg::default();
+    for (class, ip) in [
+        (Class::Hit, 1),
+        (Class::Hit, 2),
+        (Class::Miss, 3),
+        (Class::Hit, 1),
+    ] {
+        agg.record(&Request {
+            class,
+            status: 200,
+            ttfb_ms: 5,
+            sent: 1500,
+            visitor: visitor_hash([192, 0, 2, ip].into(), None),
+        });
+    }
+    h._ctl
+        .ingest_stats(
+            &edge,
+            Batch {
+                seq: 1,
+                minutes: vec![SiteMinute {
+                    site: "demo".into(),
+                    minute,
+                    agg,
+                }],
+            },
+        )
+        .await
+        .expect("ingest");
+    let viewer = h.person(&admin, "lecteur@demo.localhost", "viewer").await;
+    assert!(
+        viewer
+            .get("/sites/1")
+            .await
+            .body
+            .contains("href=\"/sites/1/stats\"")
+    );
+    let p = viewer.get("/sites/1/stats").await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let totals = &p.body[p.body.find("id=\"stats-totals\"").expect("totals")..];
+    assert!(totals.contains("<dt>Requêtes</dt><dd>4</dd>"), "{totals}");
+    assert!(
+        totals.contains("<dt>Visiteurs (estimation)</dt><dd>3</dd>"),
+        "{totals}"
+    );
+    assert!(totals.contains("<dd>6,0 ko</dd>"), "{totals}");
+    assert!(totals.contains("<dd>75,0 %</dd>"), "{totals}");
+    assert!(p.body.contains("<svg class=\"chart\""));
+    assert!(
+        p.body
+            .contains("role=\"img\" aria-label=\"Requêtes dans le temps\"")
+    );
+    assert!(p.body.contains("/api/v1/sites/1/stats/export?from="));
+    // The export link works with the browser's session.
+    let i = p.body.find("/api/v1/sites/1/stats/export?").expect("link");
+    let link: String = p.body[i..].chars().take_while(|c| *c != '"').collect();
+    let csv = viewer.get(&link.replace("&amp;", "&")).await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.body.contains("Période (UTC),Requêtes,"), "{}", csv.body);
+    // A bad range is explained, not a crash.
+    let bad = viewer.get("/sites/1/stats?from=2026-02-30").await;
+    assert_eq!(bad.status, 422);
+    assert!(bad.body.contains("id=\"stats-error\""));
+    assert_eq!(viewer.get("/sites/999/stats").await.status, 404);
+    // The organisation page: per-site table; the report form only for administrators.
+    let org = viewer.get("/orgs/1/stats").await;
+    assert_eq!(org.status, 200);
+    assert!(org.body.contains("href=\"/sites/1/stats?from="));
+    assert!(!org.body.contains("action=\"/orgs/1/report\""));
+    let csrf = org.csrf();
+    let forged = viewer
+        .post(
+            "/orgs/1/report",
+            &[("_csrf", &csrf), ("recipients", "x@demo.localhost")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    let boss = h.person(&admin, "chef@demo.localhost", "admin").await;
+    let org = boss.get("/orgs/1/stats").await;
+    assert!(org.body.contains("action=\"/orgs/1/report\""));
+    let csrf = org.csrf();
+    let r = boss
+        .post(
+            "/orgs/1/report",
+            &[
+                ("_csrf", &csrf),
+                ("recipients", "dsi@demo.localhost\ncom@demo.localhost"),
+                ("metric", "requests"),
+                ("metric", "under_2s"),
+                ("language", "en"),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/orgs/1/stats?ok=report");
+    let o = h
+        .api(reqwest::Method::GET, "/api/v1/orgs/1", &admin, Value::Null)
+        .await;
+    assert_eq!(
+        o["report_recipients"],
+        json!(["dsi@demo.localhost", "com@demo.localhost"])
+    );
+    assert_eq!(o["report_metrics"], json!(["requests", "under_2s"]));
+    assert_eq!(o["language"], "en");
+    let page = boss.get("/orgs/1/stats?ok=report").await;
+    assert!(page.body.contains("Rapport hebdomadaire enregistré."));
+    assert!(page.body.contains("value=\"under_2s\" checked"));
+    assert!(!page.body.contains("value=\"visitors\" checked"));
+}
