@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Cache-hit throughput of the edge with access logging on versus off (issue 6: the cost must
-# stay under 5 %). Two edges from the same release binary, same origin, same objects, measured
+# Cache-hit throughput of the edge with access logging and per-minute statistics on versus both
+# off (issue 6: the cost must stay under 5 %). Two edges from the same release binary, same origin, same objects, measured
 # in interleaved rounds (the machine is shared: servers drift together, so compare per round).
 #
 #   cargo build --release -p relais && bench/logging.sh      # ROUNDS=5 DURATION=8s CONNS=64
@@ -20,7 +20,8 @@ OPORT=$(free_port); OFF=$(free_port); ON=$(free_port)
 "$BIN" demo-origin --listen "127.0.0.1:$OPORT" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do
   port=$OFF; extra=""
-  if [ "$mode" = on ]; then port=$ON; extra="access_log = \"$WORK/logs\""; fi
+  if [ "$mode" = on ]; then port=$ON; extra="access_log = \"$WORK/logs\"
+stats_dir = \"$WORK/stats\""; fi
   cat > "$WORK/$mode.toml" <<TOML
 version = 1
 [edge]
@@ -39,7 +40,7 @@ for p in $OFF $ON; do
   curl -sf "http://127.0.0.1:$p/bytes/1024" >/dev/null
 done
 rps() { wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/bytes/1024" | awk '/Requests\/sec/ {print $2}'; }
-echo "| Round | logging off (req/s) | logging on (req/s) | on/off |"
+echo "| Round | logs+stats off (req/s) | logs+stats on (req/s) | on/off |"
 echo "|---|---|---|---|"
 ratios=()
 for r in $(seq "$ROUNDS"); do

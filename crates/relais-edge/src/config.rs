@@ -79,6 +79,10 @@ pub struct FileEdge {
     /// Directory for access logs (one file per site per UTC day). No access log when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<PathBuf>,
+    /// Directory where an edge that follows no control plane writes its per-minute statistics
+    /// (one JSON Lines file per UTC day). Edges that follow one ship them to it instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -321,6 +325,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub sites: Vec<Arc<Site>>,
     pub access_log: Option<PathBuf>,
+    pub stats_dir: Option<PathBuf>,
     routes: Routes,
 }
 
@@ -742,6 +747,7 @@ impl Config {
             cache,
             sites,
             access_log: file.edge.access_log.clone(),
+            stats_dir: file.edge.stats_dir.clone(),
             routes,
         })
     }

@@ -63,6 +63,10 @@ pub async fn start(edge: Arc<Edge>, reload: Option<ReloadHook>) -> io::Result<Ru
     let cfg = edge.snapshot().config.clone();
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(dir) = cfg.stats_dir.clone() {
+        edge.set_stats(true);
+        tasks.push(tokio::spawn(write_stats(edge.clone(), dir, rx.clone())));
+    }
     let mut http = Vec::new();
     for addr in &cfg.listen {
         let l = bind(*addr, cfg.reuse_port).await?;
@@ -215,6 +219,45 @@ async fn serve_io<I>(
         _ = shutdown.changed() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(DRAIN, conn).await;
+        }
+    }
+}
+
+/// Appends closed statistics minutes to `dir/YYYY-MM-DD.jsonl` every 10 seconds and at shutdown
+/// (edges without a control plane).
+async fn write_stats(edge: Arc<Edge>, dir: std::path::PathBuf, mut stop: watch::Receiver<bool>) {
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::error!(error = %e, dir = %dir.display(), "statistics directory; statistics are off");
+        edge.set_stats(false);
+        return;
+    }
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => false,
+            _ = stop.changed() => true,
+        };
+        let minutes = edge.take_stats();
+        let mut by_day: std::collections::BTreeMap<i64, String> = Default::default();
+        for m in minutes {
+            if let Ok(line) = serde_json::to_string(&m) {
+                let day = by_day.entry(m.minute.div_euclid(1440)).or_default();
+                day.push_str(&line);
+                day.push('\n');
+            }
+        }
+        for (day, text) in by_day {
+            let path = dir.join(format!("{}.jsonl", crate::accesslog::date_string(day)));
+            let r = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+            if let Err(e) = r {
+                tracing::warn!(error = %e, file = %path.display(), "statistics not written");
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }

@@ -2015,3 +2015,50 @@ async fn an_unwritable_access_log_never_stops_traffic() {
             .contains("relais_access_log_dropped_total 20")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_without_control_plane_writes_its_statistics_minutes() {
+    let origin = Origin::start(|s| {
+        Reply::ok(format!("corps {}", s.path)).header("cache-control", "max-age=600")
+    })
+    .await;
+    let dir = Arc::new(tempfile::tempdir().expect("tmp"));
+    let stats = dir.path().join("stats");
+    let text = config_text(
+        dir.path(),
+        &format!("stats_dir = \"{}\"", stats.display()),
+        &site_toml(&origin.url(), ""),
+    );
+    let mut h = start(&text, dir.clone(), clock_for(&origin), false).await;
+    let mut sent = 0;
+    for _ in 0..3 {
+        let r = h
+            .client
+            .get(format!("{}/page", h.base))
+            .header("user-agent", "test")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        sent += r.bytes().await.expect("body").len() as u64;
+    }
+    // The minute closes; at shutdown the edge writes what is closed.
+    h.clock.advance(Duration::from_secs(60));
+    h.running.take().expect("running").shutdown().await;
+    let mut minutes = vec![];
+    for f in std::fs::read_dir(&stats).expect("stats dir").flatten() {
+        for line in std::fs::read_to_string(f.path()).expect("read").lines() {
+            minutes.push(
+                serde_json::from_str::<relais_edge::stats::SiteMinute>(line).expect("a minute"),
+            );
+        }
+    }
+    assert_eq!(minutes.len(), 1, "{minutes:?}");
+    let m = &minutes[0].agg;
+    assert_eq!(minutes[0].site, "s");
+    assert_eq!((m.requests, m.hits, m.misses), (3, 2, 1));
+    assert_eq!(m.bytes_sent, sent);
+    assert_eq!(m.bytes_cached, sent / 3 * 2);
+    assert_eq!(m.status[1], 3);
+    assert_eq!(m.visitors.estimate(), 1);
+}
