@@ -89,6 +89,8 @@ pub struct Control {
     pub(crate) throttle: Mutex<HashMap<String, (u32, std::time::SystemTime)>>,
     pub logs: Option<logs::LogStore>,
     pub mailer: Option<mail::Mailer>,
+    /// Serialises "logs ready" messages (one sender per site-day).
+    pub(crate) notify_lock: tokio::sync::Mutex<()>,
 }
 
 impl Control {
@@ -119,6 +121,7 @@ impl Control {
             heads: watch::channel(heads).0,
             acks: watch::channel(0).0,
             throttle: Mutex::new(HashMap::new()),
+            notify_lock: tokio::sync::Mutex::new(()),
         }))
     }
 

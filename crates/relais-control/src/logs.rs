@@ -381,6 +381,12 @@ impl crate::Control {
         if marker.exists() {
             return Ok(false);
         }
+        // One sender per site-day at a time: two deliveries finishing together (or the hourly
+        // retry) must not both send, and a caller waits for a send in progress.
+        let _claim = self.notify_lock.lock().await;
+        if marker.exists() {
+            return Ok(false);
+        }
         let Some(day) = store
             .days(site)
             .unwrap_or_default()
