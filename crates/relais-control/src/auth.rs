@@ -376,16 +376,7 @@ impl Control {
                     .collect::<Result<_, _>>()?
             }
         };
-        let mut i = 0;
-        while i < roots.len() {
-            let p = roots[i];
-            for (id, parent) in &all {
-                if *parent == Some(p) && !roots.contains(id) {
-                    roots.push(*id);
-                }
-            }
-            i += 1;
-        }
+        descend(&mut roots, &all);
         roots.sort_unstable();
         Ok(roots)
     }
@@ -885,5 +876,19 @@ impl Control {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Adds to `orgs` every organisation below one of them; `all` is (id, parent) of every one.
+pub(crate) fn descend(orgs: &mut Vec<i64>, all: &[(i64, Option<i64>)]) {
+    let mut i = 0;
+    while i < orgs.len() {
+        let p = orgs[i];
+        for (id, parent) in all {
+            if *parent == Some(p) && !orgs.contains(id) {
+                orgs.push(*id);
+            }
+        }
+        i += 1;
     }
 }

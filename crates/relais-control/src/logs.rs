@@ -327,14 +327,7 @@ impl crate::Control {
         let Some(store) = &self.logs else {
             return Ok(0);
         };
-        let today = (self
-            .clock
-            .now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-            / 86_400) as i64;
-        let (y, m, d) = relais_edge::accesslog::civil(today);
+        let (y, m, d) = relais_edge::accesslog::civil(self.today());
         let mut removed = 0;
         for site in store.sites() {
             let r = self

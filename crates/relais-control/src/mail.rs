@@ -140,7 +140,8 @@ pub fn human_bytes(n: u64, fr: bool) -> String {
     if fr { s.replace('.', ",") } else { s }
 }
 
-fn percent(r: Option<f64>, fr: bool) -> String {
+/// A ratio as a percentage with one decimal, in the reader's convention.
+pub fn percent(r: Option<f64>, fr: bool) -> String {
     match r {
         None => if fr { "sans objet" } else { "n/a" }.into(),
         Some(r) => {

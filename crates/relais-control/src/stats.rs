@@ -353,16 +353,7 @@ impl crate::Control {
             all.push((col::<i64>(&r, "id")?, col::<Option<i64>>(&r, "parent_id")?));
         }
         let mut out = vec![org_id];
-        let mut i = 0;
-        while i < out.len() {
-            let p = out[i];
-            out.extend(
-                all.iter()
-                    .filter(|(_, parent)| *parent == Some(p))
-                    .map(|(id, _)| *id),
-            );
-            i += 1;
-        }
+        crate::auth::descend(&mut out, &all);
         Ok(out)
     }
 

@@ -6,7 +6,7 @@ use askama::Template;
 use axum::extract::{Form, Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use relais_control::auth::Perm;
-use relais_control::mail::human_bytes;
+use relais_control::mail::{human_bytes, percent};
 use relais_control::members::OrgSettings;
 use relais_control::stats::{METRICS, Range, Report, StatsQuery, Step, stamp};
 use relais_edge::accesslog::date_string;
@@ -48,17 +48,7 @@ struct ReportForm {
 }
 
 fn pct(r: Option<f64>, t: Tr) -> String {
-    match r {
-        None => "—".into(),
-        Some(r) => {
-            let s = format!("{:.1} %", r * 100.0);
-            if t.0 == crate::i18n::Lang::Fr {
-                s.replace('.', ",")
-            } else {
-                s.replace(" %", "%")
-            }
-        }
-    }
+    r.map_or_else(|| "—".into(), |_| percent(r, fr(t)))
 }
 
 fn fr(t: Tr) -> bool {
