@@ -1964,6 +1964,11 @@ async fn traffic_statistics_from_two_edges(kind: Kind) {
             .await
         );
     }
+    // Until an edge has caught up with the control plane it revalidates every object (a miss
+    // for statistics): wait for both to vouch for their caches.
+    for e in [&e1, &e2] {
+        assert!(until(Duration::from_secs(10), || async { e.edge.is_vouched() }).await);
+    }
     // A minute of known traffic on two edges, from two visitors.
     h.clock.advance(Duration::from_secs(60));
     let m1 = minute_of(&h.clock);
