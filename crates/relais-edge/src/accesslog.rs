@@ -3,12 +3,15 @@
 //! SHA-256, chained to the previous day's manifest) so completeness can be proven.
 //!
 //! Invariants:
-//! - Logging never blocks or slows a request: lines go through a bounded queue to one writer
-//!   thread; when the queue is full (disk full, writer behind) the line is dropped and counted,
+//! - Logging never blocks or slows a request: the request's thread formats its line into a
+//!   buffer of its own (see [`crate::shard`]: no lock shared with other request threads, no
+//!   allocation per line, no reference kept to the request's buffers), and one writer thread
+//!   takes the buffers every 50 ms, puts the lines back in completion order and appends them to
+//!   the files. When a buffer is full (disk full, writer behind) the line is dropped and counted,
 //!   per site and day, and the manifest of that day says it is incomplete.
 //! - A line is written when the response body is finished or abandoned, with the bytes actually
 //!   sent. Lines reach the operating system within about 200 ms (the writer flushes after each
-//!   batch).
+//!   batch), and at once on [`AccessLog::flush`] (the edge calls it when it stops).
 //! - A day is closed once the clock is past its end plus a grace period (requests that started
 //!   before midnight end after it); files of past days left by a crash are closed at start.
 
@@ -18,16 +21,19 @@ use std::io::{self, BufWriter, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
 
 use crate::clock::SharedClock;
 
-/// Lines waiting for the writer; beyond this, lines are dropped (and counted).
-const QUEUE: usize = 64 * 1024;
+/// Bytes of formatted lines a request thread's buffer holds before lines are dropped (and
+/// counted): about 20 000 lines, 2 seconds of a busy thread with a stalled disk.
+const PENDING_BYTES: usize = 4 << 20;
+
+/// How often the writer takes the threads' lines.
+const TICK: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -75,7 +81,6 @@ impl Default for SiteLog {
 /// One request, as logged.
 #[derive(Debug, Clone)]
 pub struct Line {
-    pub site: Arc<str>,
     pub opts: SiteLog,
     pub at: SystemTime,
     pub started: Instant,
@@ -136,20 +141,27 @@ fn hms(t: SystemTime) -> (u64, u64, u64) {
 
 /// Escapes a field the way nginx does (`"`, `\`, controls and non-ASCII as `\xHH`).
 fn escape(out: &mut String, s: &str) {
+    escape_bytes(out, s.as_bytes());
+}
+
+fn escape_bytes(out: &mut String, b: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    if s.bytes()
-        .all(|b| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b))
-    {
-        out.push_str(s);
+    // Without early exit, so that the check runs over many bytes at a time: most fields are
+    // plain ASCII and are copied whole.
+    let plain = b.iter().fold(true, |ok, &c| {
+        ok & (0x20..0x7f).contains(&c) & (c != b'"') & (c != b'\\')
+    });
+    if plain && let Ok(text) = std::str::from_utf8(b) {
+        out.push_str(text);
         return;
     }
-    for b in s.bytes() {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+    for &c in b {
+        if c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c) {
             out.push_str("\\x");
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 15) as usize] as char);
+            out.push(HEX[(c >> 4) as usize] as char);
+            out.push(HEX[(c & 15) as usize] as char);
         } else {
-            out.push(b as char);
+            out.push(c as char);
         }
     }
 }
@@ -224,6 +236,38 @@ impl Stamp {
     }
 }
 
+/// Appends a number in decimal (without the formatting machinery: this runs for every line).
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+fn push_ip(s: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_u64(s, u64::from(o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{v6}");
+        }
+    }
+}
+
 /// Appends one line (with its newline) to `s`.
 pub fn format_into(s: &mut String, l: &Line, stamp: &mut Stamp) {
     use std::fmt::Write as _;
@@ -234,7 +278,8 @@ pub fn format_into(s: &mut String, l: &Line, stamp: &mut Stamp) {
     };
     match l.opts.format {
         LogFormat::Combined | LogFormat::Common => {
-            let _ = write!(s, "{ip} - - ");
+            push_ip(s, ip);
+            s.push_str(" - - ");
             s.push_str(stamp.get(l.at, l.opts.format));
             s.push_str(" \"");
             escape(s, l.method.as_str());
@@ -242,17 +287,19 @@ pub fn format_into(s: &mut String, l: &Line, stamp: &mut Stamp) {
             escape(s, target_str(&l.target));
             s.push(' ');
             s.push_str(version_str(l.version));
-            let _ = write!(s, "\" {} ", l.status);
+            s.push_str("\" ");
+            push_u64(s, u64::from(l.status));
+            s.push(' ');
             if l.bytes == 0 {
                 s.push('-');
             } else {
-                let _ = write!(s, "{}", l.bytes);
+                push_u64(s, l.bytes);
             }
             if l.opts.format == LogFormat::Combined {
                 s.push_str(" \"");
-                escape(s, header_str(&l.referer).unwrap_or("-"));
+                escape_bytes(s, l.referer.as_ref().map_or(b"-", |v| v.as_bytes()));
                 s.push_str("\" \"");
-                escape(s, header_str(&l.user_agent).unwrap_or("-"));
+                escape_bytes(s, l.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()));
                 s.push('"');
             }
         }
@@ -415,37 +462,115 @@ struct Open {
     opts: SiteLog,
 }
 
+/// One formatted line waiting in a thread's buffer.
+struct Waiting {
+    /// Index in `Pending::sites`.
+    site: u32,
+    day: Day,
+    opts: SiteLog,
+    /// End of the line in `Pending::text` (it starts where the previous one ends).
+    end: usize,
+    /// Completion time in microseconds, to merge the threads' lines in order.
+    at_us: u64,
+}
+
+/// A request thread's formatted lines.
+#[derive(Default)]
+struct Pending {
+    text: String,
+    lines: Vec<Waiting>,
+    /// The sites of these lines (each request's own `Arc`, compared by address: cloned once per
+    /// site and batch rather than once per line).
+    sites: Vec<Arc<str>>,
+    site_index: HashMap<usize, u32>,
+    stamp: Stamp,
+}
+
+impl Pending {
+    fn site(&mut self, site: &Arc<str>) -> u32 {
+        if let Some(last) = self.sites.last()
+            && Arc::ptr_eq(last, site)
+        {
+            return (self.sites.len() - 1) as u32;
+        }
+        let key = Arc::as_ptr(site) as *const u8 as usize;
+        if let Some(&i) = self.site_index.get(&key) {
+            return i;
+        }
+        self.sites.push(site.clone());
+        let i = (self.sites.len() - 1) as u32;
+        self.site_index.insert(key, i);
+        i
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.lines.clear();
+        self.sites.clear();
+        self.site_index.clear();
+    }
+}
+
+/// The writer's side: open files, and the buffers swapped with the threads' each batch.
+#[derive(Default)]
+struct Files {
+    open: HashMap<(Arc<str>, Day), Open>,
+    spare: Vec<Pending>,
+    order: Vec<(u64, u32, u32)>,
+}
+
 /// The access log of an edge.
 pub struct AccessLog {
-    tx: SyncSender<Line>,
+    pending: crate::shard::Sharded<Pending>,
+    files: Mutex<Files>,
     pub written: AtomicU64,
     pub dropped: AtomicU64,
     pub days_closed: AtomicU64,
     dropped_by: Mutex<HashMap<(Arc<str>, Day), u64>>,
     dir: PathBuf,
     clock: SharedClock,
+    grace: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AccessLog {
     /// Starts the writer thread. `grace` is how long after midnight (UTC) a day stays open.
     pub fn start(dir: PathBuf, clock: SharedClock, grace: Duration) -> io::Result<Arc<AccessLog>> {
+        let log = Self::without_writer(dir, clock, grace)?;
+        let weak = Arc::downgrade(&log);
+        std::thread::Builder::new()
+            .name("relais-access-log".into())
+            .spawn(move || writer(weak))?;
+        Ok(log)
+    }
+
+    /// A log whose lines are written only by [`AccessLog::flush`] (and when it is dropped).
+    fn without_writer(
+        dir: PathBuf,
+        clock: SharedClock,
+        grace: Duration,
+    ) -> io::Result<Arc<AccessLog>> {
         fs::create_dir_all(&dir)?;
-        let (tx, rx) = sync_channel(QUEUE);
-        let log = Arc::new(AccessLog {
-            tx,
+        // Close what a previous run left open.
+        for (site, day) in leftovers(&dir, grace_day(clock.now(), grace)) {
+            if let Err(e) = close_day(&dir, &site, day, SiteLog::default(), 0) {
+                tracing::error!(site, error = %e, "cannot close a previous day's access log");
+            }
+        }
+        Ok(Arc::new(AccessLog {
+            pending: Default::default(),
+            files: Default::default(),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             days_closed: AtomicU64::new(0),
             dropped_by: Mutex::new(HashMap::new()),
             dir,
-            clock: clock.clone(),
-        });
-        let weak = Arc::downgrade(&log);
-        let dir = log.dir.clone();
-        std::thread::Builder::new()
-            .name("relais-access-log".into())
-            .spawn(move || writer(rx, dir, clock, grace, weak))?;
-        Ok(log)
+            clock,
+            grace,
+        }))
     }
 
     pub fn dir(&self) -> &Path {
@@ -458,34 +583,168 @@ impl AccessLog {
         self.clock.now()
     }
 
-    /// Queues a line; never blocks.
-    pub fn log(&self, line: Line) {
-        let key = (line.site.clone(), day_of(line.at));
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut m) = self.dropped_by.lock() {
-                    *m.entry(key).or_default() += 1;
+    /// Formats a line into the calling thread's buffer; never blocks on the disk.
+    pub fn log(&self, site: &Arc<str>, line: &Line) {
+        let day = day_of(line.at);
+        let at_us = line
+            .at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let mut guard = self.pending.mine();
+        let p = &mut *guard;
+        if p.text.len() >= PENDING_BYTES {
+            drop(guard);
+            self.note_dropped(site, day);
+            return;
+        }
+        let site = p.site(site);
+        format_into(&mut p.text, line, &mut p.stamp);
+        p.lines.push(Waiting {
+            site,
+            day,
+            opts: line.opts,
+            end: p.text.len(),
+            at_us,
+        });
+    }
+
+    /// Writes every line formatted so far and flushes the files.
+    pub fn flush(&self) {
+        let mut files = lock(&self.files);
+        let files = &mut *files;
+        let shards = crate::shard::count();
+        files.spare.resize_with(shards, Pending::default);
+        let mut i = 0;
+        self.pending.each(|p| {
+            std::mem::swap(p, &mut files.spare[i]);
+            i += 1;
+        });
+        // Each thread's lines are in completion order; merge the threads'.
+        files.order.clear();
+        for (shard, p) in files.spare.iter().enumerate() {
+            for (i, l) in p.lines.iter().enumerate() {
+                files.order.push((l.at_us, shard as u32, i as u32));
+            }
+        }
+        files.order.sort_unstable();
+        let mut written = 0;
+        let mut k = 0;
+        while k < files.order.len() {
+            // One file lookup for each run of lines of the same site and day.
+            let (_, shard, i) = files.order[k];
+            let first = &files.spare[shard as usize];
+            let (site, day, opts) = {
+                let l = &first.lines[i as usize];
+                (first.sites[l.site as usize].clone(), l.day, l.opts)
+            };
+            let o = match files.open.entry((site.clone(), day)) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    match open_file(&self.dir, &site, day, opts) {
+                        Ok(o) => v.insert(o),
+                        Err(e) => {
+                            tracing::error!(site = %site, error = %e, "cannot open access log");
+                            self.note_dropped(&site, day);
+                            k += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            while k < files.order.len() {
+                let (_, shard, i) = files.order[k];
+                let p = &files.spare[shard as usize];
+                let l = &p.lines[i as usize];
+                let same = l.day == day && {
+                    let s = &p.sites[l.site as usize];
+                    Arc::ptr_eq(s, &site) || **s == *site
+                };
+                if !same {
+                    break;
+                }
+                let start = if i == 0 {
+                    0
+                } else {
+                    p.lines[i as usize - 1].end
+                };
+                // A day's format is the one of its last line (a site's format changes with its
+                // configuration).
+                o.opts = l.opts;
+                match o.w.write_all(&p.text.as_bytes()[start..l.end]) {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        tracing::warn!(site = %site, error = %e, "access log write failed");
+                        self.note_dropped(&site, day);
+                    }
+                }
+                k += 1;
+            }
+        }
+        self.written.fetch_add(written, Ordering::Relaxed);
+        for p in &mut files.spare {
+            p.clear();
+        }
+        for o in files.open.values_mut() {
+            if let Err(e) = o.w.flush() {
+                tracing::warn!(error = %e, "access log flush failed");
+            }
+        }
+    }
+
+    /// Closes the days that are over (past midnight plus the grace period).
+    fn close_days(&self) {
+        let mut files = lock(&self.files);
+        let closable = grace_day(self.clock.now(), self.grace);
+        let done: Vec<(Arc<str>, Day)> = files
+            .open
+            .keys()
+            .filter(|(_, d)| *d < closable)
+            .cloned()
+            .collect();
+        for key in done {
+            let Some(mut o) = files.open.remove(&key) else {
+                continue;
+            };
+            let _ = o.w.flush();
+            drop(o.w);
+            let dropped = self.take_dropped(&key.0, key.1);
+            match close_day(&self.dir, &key.0, key.1, o.opts, dropped) {
+                Ok(m) => {
+                    self.days_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(site = %m.site, date = %m.date, lines = m.lines, dropped = m.dropped, "access log day closed");
+                }
+                Err(e) => {
+                    tracing::error!(site = %key.0, error = %e, "cannot close the access log day")
                 }
             }
         }
     }
 
     fn take_dropped(&self, site: &Arc<str>, day: Day) -> u64 {
-        self.dropped_by
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&(site.clone(), day)))
+        lock(&self.dropped_by)
+            .remove(&(site.clone(), day))
             .unwrap_or(0)
     }
 
     fn note_dropped(&self, site: &Arc<str>, day: Day) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.dropped_by.lock() {
-            *m.entry((site.clone(), day)).or_default() += 1;
-        }
+        *lock(&self.dropped_by)
+            .entry((site.clone(), day))
+            .or_default() += 1;
     }
+}
+
+impl Drop for AccessLog {
+    /// The last lines reach the files even when the edge stops without calling `flush`.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The last day still open at `now`: days before it are closed.
+fn grace_day(now: SystemTime, grace: Duration) -> Day {
+    day_of(now.checked_sub(grace).unwrap_or(now))
 }
 
 fn open_file(dir: &Path, site: &str, day: Day, opts: SiteLog) -> io::Result<Open> {
@@ -586,109 +845,17 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-fn writer(
-    rx: Receiver<Line>,
-    dir: PathBuf,
-    clock: SharedClock,
-    grace: Duration,
-    log: std::sync::Weak<AccessLog>,
-) {
-    let mut open: HashMap<(Arc<str>, Day), Open> = HashMap::new();
-    let mut buf = String::with_capacity(512);
-    let mut stamp = Stamp::default();
-    let mut last_formats: HashMap<Arc<str>, SiteLog> = HashMap::new();
-    // Close what a previous run left open.
-    let grace_days = |now: SystemTime| day_of(now.checked_sub(grace).unwrap_or(now));
-    for (site, day) in leftovers(&dir, grace_days(clock.now())) {
-        if let Err(e) = close_day(&dir, &site, day, SiteLog::default(), 0) {
-            tracing::error!(site, error = %e, "cannot close a previous day's access log");
-        }
-    }
+/// The writer thread: every tick, writes the lines formatted since the last one and closes the
+/// days that are over; stops when the log is dropped (whose `Drop` writes the last lines).
+fn writer(log: std::sync::Weak<AccessLog>) {
     loop {
-        // Batches: the writer sleeps between drains instead of being woken for every line, so
-        // requests never pay for a thread wake-up.
-        std::thread::sleep(Duration::from_millis(50));
-        let mut batch: Vec<Line> = Vec::new();
-        let mut disconnected = false;
-        while batch.len() < QUEUE {
-            match rx.try_recv() {
-                Ok(l) => batch.push(l),
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
-            }
-        }
+        // The writer sleeps between batches instead of being woken for every line, so requests
+        // never pay for a thread wake-up.
+        std::thread::sleep(TICK);
         let Some(owner) = log.upgrade() else { break };
-        for l in batch {
-            let day = day_of(l.at);
-            let key = (l.site.clone(), day);
-            last_formats.insert(l.site.clone(), l.opts);
-            if !open.contains_key(&key) {
-                match open_file(&dir, &l.site, day, l.opts) {
-                    Ok(o) => {
-                        open.insert(key.clone(), o);
-                    }
-                    Err(e) => {
-                        tracing::error!(site = %l.site, error = %e, "cannot open access log");
-                        owner.note_dropped(&l.site, day);
-                        continue;
-                    }
-                }
-            }
-            let Some(o) = open.get_mut(&key) else {
-                continue;
-            };
-            buf.clear();
-            format_into(&mut buf, &l, &mut stamp);
-            match o.w.write_all(buf.as_bytes()) {
-                Ok(()) => {
-                    owner.written.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(site = %l.site, error = %e, "access log write failed");
-                    owner.note_dropped(&l.site, day);
-                }
-            }
-        }
-        for o in open.values_mut() {
-            if let Err(e) = o.w.flush() {
-                tracing::warn!(error = %e, "access log flush failed");
-            }
-        }
-        // Close days that are over.
-        let closable = grace_days(clock.now());
-        let done: Vec<(Arc<str>, Day)> = open
-            .keys()
-            .filter(|(_, d)| *d < closable)
-            .cloned()
-            .collect();
-        for key in done {
-            if let Some(mut o) = open.remove(&key) {
-                let _ = o.w.flush();
-                drop(o.w);
-                let dropped = owner.take_dropped(&key.0, key.1);
-                match close_day(&dir, &key.0, key.1, o.opts, dropped) {
-                    Ok(m) => {
-                        owner.days_closed.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(site = %m.site, date = %m.date, lines = m.lines, dropped = m.dropped, "access log day closed");
-                    }
-                    Err(e) => {
-                        tracing::error!(site = %key.0, error = %e, "cannot close the access log day")
-                    }
-                }
-            }
-        }
-        drop(owner);
-        if disconnected {
-            break;
-        }
+        owner.flush();
+        owner.close_days();
     }
-    for (_, mut o) in open {
-        let _ = o.w.flush();
-    }
-    let _ = last_formats;
 }
 
 #[cfg(test)]
@@ -697,7 +864,6 @@ mod tests {
 
     fn line(format: LogFormat) -> Line {
         Line {
-            site: "s".into(),
             opts: SiteLog {
                 format,
                 truncate_ip: false,
@@ -747,6 +913,10 @@ mod tests {
             w,
             "2026-11-22 08:22:03 192.0.2.7 GET /a%20b x=%221%22 200 512 0.002 curl/8+\\x22quoted\\x22+\\xC3\\xA9 https://r.example/\n"
         );
+        // Bytes that are not UTF-8 are escaped one by one, like any other non-ASCII byte.
+        let mut raw = line(LogFormat::Combined);
+        raw.user_agent = Some(http::HeaderValue::from_bytes(b"a\xffb").expect("ua"));
+        assert!(format_line(&raw).ends_with("\"a\\xFFb\"\n"));
         let mut v6 = line(LogFormat::Common);
         v6.ip = "2001:db8:1:2:3:4:5:6".parse().expect("ip");
         v6.opts.truncate_ip = true;
@@ -770,6 +940,59 @@ mod tests {
             format_into(&mut s, &l, &mut stamp);
             assert_eq!(s, format_line(&l), "{format:?} +{plus}");
         }
+    }
+
+    #[test]
+    fn lines_from_many_threads_are_written_in_completion_order_and_none_is_lost_on_drop() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let log = AccessLog::without_writer(dir.path().into(), clock, Duration::ZERO).expect("log");
+        let site: Arc<str> = "s".into();
+        let base = 1_795_335_723u64;
+        let threads = 4u64;
+        let per = 50u64;
+        // Thread t logs seconds t, t+4, t+8, ...: only a merge gives one ordered file.
+        let run = |round: u64| {
+            std::thread::scope(|sc| {
+                for t in 0..threads {
+                    let (log, site) = (&log, &site);
+                    sc.spawn(move || {
+                        for i in 0..per {
+                            let mut l = line(LogFormat::Common);
+                            l.at = UNIX_EPOCH
+                                + Duration::from_secs(base + round * 1000 + t + threads * i);
+                            l.status = 200 + (t as u16);
+                            log.log(site, &l);
+                        }
+                    });
+                }
+            });
+        };
+        run(0);
+        log.flush();
+        assert_eq!(log.written.load(Ordering::Relaxed), threads * per);
+        run(1);
+        // Not flushed: dropping the log writes these lines too.
+        let log = Arc::into_inner(log).expect("only owner");
+        drop(log);
+        let (file, _, _) = paths(
+            dir.path(),
+            "s",
+            &date_string(day_of(UNIX_EPOCH + Duration::from_secs(base))),
+        );
+        let text = fs::read_to_string(file).expect("log file");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() as u64, 2 * threads * per);
+        let expected: Vec<String> = (0..2u64)
+            .flat_map(|round| (0..threads * per).map(move |k| (round, k)))
+            .map(|(round, k)| {
+                let mut l = line(LogFormat::Common);
+                l.at = UNIX_EPOCH + Duration::from_secs(base + round * 1000 + k);
+                l.status = 200 + (k % threads) as u16;
+                format_line(&l).trim_end().to_owned()
+            })
+            .collect();
+        assert_eq!(lines, expected);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod range;
 pub mod response;
 pub mod server;
+pub mod shard;
 pub mod stats;
 pub mod tls;
 pub mod upstream;

@@ -386,14 +386,14 @@ impl Edge {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Response<EdgeBody> {
-        let log = self.access_log.clone();
+        let log = self.access_log.is_some();
         let stats = self.stats_on.load(Ordering::Relaxed);
-        if log.is_none() && !stats {
+        if !log && !stats {
             return self.handle_inner(req, conn, &mut None).await;
         }
         let started = std::time::Instant::now();
         let user_agent = req.headers().get(header::USER_AGENT).cloned();
-        let logged = log.as_ref().map(|_| {
+        let logged = log.then(|| {
             (
                 req.headers().get(header::REFERER).cloned(),
                 req.method().clone(),
@@ -408,40 +408,33 @@ impl Edge {
             return resp;
         };
         let status = resp.status().as_u16();
-        let stat = stats.then(|| {
-            let r = crate::stats::Request {
-                class: crate::stats::classify(
-                    status,
-                    resp.headers().get("cache-status").map(|v| v.as_bytes()),
-                ),
+        let stat = stats.then(|| crate::stats::Request {
+            class: crate::stats::classify(
                 status,
-                ttfb_ms: started.elapsed().as_millis() as u64,
-                sent: 0,
-                visitor: crate::stats::visitor_hash(ip, user_agent.as_ref().map(|v| v.as_bytes())),
-            };
-            (r, rt.metrics.clone())
+                resp.headers().get("cache-status").map(|v| v.as_bytes()),
+            ),
+            status,
+            ttfb_ms: started.elapsed().as_millis() as u64,
+            sent: 0,
+            visitor: crate::stats::visitor_hash(ip, user_agent.as_ref().map(|v| v.as_bytes())),
         });
-        let line = log
-            .zip(logged)
-            .map(|(log, (referer, method, version, target))| {
-                let line = crate::accesslog::Line {
-                    site: rt.log_name.clone(),
-                    opts: rt.site.log,
-                    // Set once, when the response ends (lines are timed as nginx does).
-                    at: std::time::UNIX_EPOCH,
-                    started,
-                    ip,
-                    method,
-                    target,
-                    version,
-                    status,
-                    bytes: 0,
-                    referer,
-                    user_agent,
-                    micros: 0,
-                };
-                (line, log)
-            });
+        let line = logged.map(
+            |(referer, method, version, target)| crate::accesslog::Line {
+                opts: rt.site.log,
+                // Set once, when the response ends (lines are timed as nginx does).
+                at: std::time::UNIX_EPOCH,
+                started,
+                ip,
+                method,
+                target,
+                version,
+                status,
+                bytes: 0,
+                referer,
+                user_agent,
+                micros: 0,
+            },
+        );
         let (parts, body) = resp.into_parts();
         Response::from_parts(
             parts,
@@ -450,7 +443,8 @@ impl Edge {
                 sent: 0,
                 line,
                 stat,
-                clock: self.clock.clone(),
+                edge: self,
+                site: rt,
             })),
         )
     }

@@ -36,34 +36,36 @@ pub enum EdgeBody {
 pub struct Logged {
     pub inner: EdgeBody,
     pub sent: u64,
-    pub line: Option<(
-        crate::accesslog::Line,
-        std::sync::Arc<crate::accesslog::AccessLog>,
-    )>,
-    pub stat: Option<(
-        crate::stats::Request,
-        std::sync::Arc<crate::metrics::SiteMetrics>,
-    )>,
-    pub clock: crate::clock::SharedClock,
+    pub line: Option<crate::accesslog::Line>,
+    pub stat: Option<crate::stats::Request>,
+    /// The edge (its clock and access log) and the site, held rather than their parts so that a
+    /// request clones no shared counter of its own.
+    pub edge: std::sync::Arc<crate::proxy::Edge>,
+    pub site: std::sync::Arc<crate::proxy::SiteRuntime>,
 }
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        let now = self.clock.now();
-        if let Some((mut l, log)) = self.line.take() {
+        let now = self.edge.clock().now();
+        if let Some(mut l) = self.line.take()
+            && let Some(log) = &self.edge.access_log
+        {
             l.bytes = self.sent;
-            l.micros = l.started.elapsed().as_micros() as u64;
+            // Only W3C lines carry the time taken (one clock read less for the others).
+            if l.opts.format == crate::accesslog::LogFormat::W3c {
+                l.micros = l.started.elapsed().as_micros() as u64;
+            }
             l.at = now;
-            log.log(l);
+            log.log(&self.site.log_name, &l);
         }
-        if let Some((mut r, m)) = self.stat.take() {
+        if let Some(mut r) = self.stat.take() {
             r.sent = self.sent;
             let minute = now
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs() as i64
                 / 60;
-            m.minutes.record(minute, &r);
+            self.site.metrics.minutes.record(minute, &r);
         }
     }
 }

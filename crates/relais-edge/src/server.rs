@@ -30,14 +30,19 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    edge: Arc<Edge>,
 }
 
 impl Running {
-    /// Stops accepting, lets connections drain, and waits for the accept loops.
+    /// Stops accepting, lets connections drain, waits for the accept loops, and writes the
+    /// last access-log lines.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(log) = self.edge.access_log.clone() {
+            let _ = tokio::task::spawn_blocking(move || log.flush()).await;
         }
     }
 }
@@ -105,6 +110,7 @@ pub async fn start(edge: Arc<Edge>, reload: Option<ReloadHook>) -> io::Result<Ru
         admin: admin_addr,
         shutdown: tx,
         tasks,
+        edge,
     })
 }
 
