@@ -1,34 +1,51 @@
 #!/usr/bin/env bash
 # Cache-hit throughput of the edge with access logging and per-minute statistics on versus both
-# off (issue 6: the cost must stay under 5 %). Two edges from the same release binary, same origin, same objects, measured
-# in interleaved rounds (the machine is shared: servers drift together, so compare per round).
-# On a machine with two cores or more, the edges run on core 0 and wrk on core 1 (PIN=0 to
-# share them): the edge is then the bottleneck, so its cost shows whole instead of being diluted
-# by the load generator competing for the same cores. Besides req/s, each round reports the
-# edge's CPU time per request (user + system, from /proc), the steadier of the two figures.
+# off (issue 6: the cost must stay under 5 %). Two edges from the same release binary, same
+# origin, same objects.
 #
-#   cargo build --release -p relais && bench/logging.sh      # ROUNDS=9 DURATION=6s CONNS=64 PIN=1
+# METHOD=paired (default, needs 2 cores): each edge has a core of its own (one worker thread
+# each) and both are loaded at the same time by two wrk processes that float over both cores;
+# the cores are swapped every round. The machine is a shared VM whose speed drifts by ±20 % over
+# tens of seconds (steal time 5–20 %): measured at the same moment, both edges see the same
+# drift, and the cheaper one simply gets more requests done in the same CPU time.
+# METHOD=sequential: both edges on core 0, wrk on core 1, rounds of four runs off-on-on-off.
+# Each round also reports the edges' CPU time per request (user + system, from /proc).
+# RECORD=none runs an A/A comparison (two identical edges): it shows the method's own noise.
+# PEER=nginx measures nginx (proxy_cache, one worker, no master) the same way, access_log off
+# versus on (combined, buffer=64k flush=1s: nginx's cheapest setting), for comparison.
+#
+#   cargo build --release -p relais && bench/logging.sh      # ROUNDS=15 DURATION=5s CONNS=64
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-9}
-DURATION=${DURATION:-6s}
-PIN=${PIN:-1}
+ROUNDS=${ROUNDS:-15}
+DURATION=${DURATION:-5s}
+METHOD=${METHOD:-paired}
+# What the "on" edge records: both (the issue's figure), log (access log only), stats (only),
+# none (an A/A run: shows the noise of the machine).
+RECORD=${RECORD:-both}
+PEER=${PEER:-relais}
 CONNS=${CONNS:-64}
 BIN=target/release/relais
-EDGE_CPU=""; WRK_CPU=""
-if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then EDGE_CPU="taskset -c 0"; WRK_CPU="taskset -c 1"; fi
+[ "$(nproc)" -ge 2 ] || { echo "this benchmark needs two cores" >&2; exit 1; }
+WRK_CPU=""
+[ "$METHOD" = sequential ] && WRK_CPU="taskset -c 1"
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 WORK=$(mktemp -d /tmp/relais-logbench.XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
+OFF_PID=""; ON_PID=""
+cleanup() { for p in "${PIDS[@]}" $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OPORT=$(free_port); OFF=$(free_port); ON=$(free_port)
 "$BIN" demo-origin --listen "127.0.0.1:$OPORT" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do
   port=$OFF; extra=""
-  if [ "$mode" = on ]; then port=$ON; extra="access_log = \"$WORK/logs\"
-stats_dir = \"$WORK/stats\""; fi
+  if [ "$mode" = on ]; then
+    port=$ON
+    case $RECORD in both|log) extra="access_log = \"$WORK/logs\"";; esac
+    case $RECORD in both|stats) extra="$extra
+stats_dir = \"$WORK/stats\"";; esac
+  fi
   cat > "$WORK/$mode.toml" <<TOML
 version = 1
 [edge]
@@ -40,13 +57,56 @@ hosts = ["*"]
 [[site.origin]]
 url = "http://127.0.0.1:$OPORT"
 TOML
-  RELAIS_LOG=warn $EDGE_CPU "$BIN" edge --config "$WORK/$mode.toml" >/dev/null 2>&1 & PIDS+=($!)
-  [ "$mode" = off ] && OFF_PID=$! || ON_PID=$!
+  mkdir -p "$WORK/nginx-$mode"
+  log="access_log off;"
+  [ "$mode" = on ] && log="access_log $WORK/nginx-$mode/access.log combined buffer=64k flush=1s;"
+  cat > "$WORK/nginx-$mode.conf" <<NGINX
+daemon off;
+master_process off;
+worker_processes 1;
+user root;
+pid $WORK/nginx-$mode/nginx.pid;
+error_log $WORK/nginx-$mode/error.log warn;
+events { worker_connections 4096; }
+http {
+  $log
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx-$mode;
+  proxy_temp_path $WORK/nginx-$mode;
+  proxy_cache_path $WORK/nginx-$mode/cache levels=1:2 keys_zone=bench:16m inactive=1h use_temp_path=off;
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://127.0.0.1:$OPORT;
+      proxy_cache bench;
+      proxy_cache_valid 200 1h;
+    }
+  }
+}
+NGINX
 done
-for p in $OFF $ON; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/bytes/1024" >/dev/null && break; sleep 0.05; done
-  curl -sf "http://127.0.0.1:$p/bytes/1024" >/dev/null
-done
+# Fresh edge processes every round: two runs of one binary can differ by several per cent from
+# memory layout alone (an A/A comparison of two long-lived edges showed it), so no process
+# carries over, and the median over rounds averages the layouts out.
+start_edges() {
+  local core p
+  for p in $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for mode in off on; do
+    core=0
+    [ "$METHOD" = paired ] && [ "$mode" = on ] && core=1
+    if [ "$PEER" = nginx ]; then
+      taskset -c $core nginx -c "$WORK/nginx-$mode.conf" >/dev/null 2>&1 &
+    else
+      RELAIS_LOG=warn taskset -c $core "$BIN" edge --config "$WORK/$mode.toml" >/dev/null 2>&1 &
+    fi
+    if [ "$mode" = off ]; then OFF_PID=$!; else ON_PID=$!; fi
+  done
+  for p in $OFF $ON; do
+    for _ in $(seq 200); do curl -sf "http://127.0.0.1:$p/bytes/1024" >/dev/null && break; sleep 0.05; done
+    curl -sf "http://127.0.0.1:$p/bytes/1024" >/dev/null
+    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$p/bytes/1024" >/dev/null
+  done
+}
 # Prints "req/s µs-of-edge-CPU-per-request" for one wrk run against port $1, edge pid $2.
 run() {
   local t0 t1 out
@@ -65,10 +125,42 @@ echo "| Round | off (req/s) | on (req/s) | on/off req/s | off (µs CPU/req) | on
 echo "|---|---|---|---|---|---|---|"
 ratios=()
 cpu_ratios=()
+cpu_of() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# Prints "off-req/s off-µs/req on-req/s on-µs/req" for one round of the paired method.
+paired() {
+  local a0 b0 a1 b1 wa wb
+  taskset -a -pc "$1" "$OFF_PID" >/dev/null; taskset -a -pc "$2" "$ON_PID" >/dev/null
+  a0=$(cpu_of "$OFF_PID"); b0=$(cpu_of "$ON_PID")
+  wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$OFF/bytes/1024" >"$WORK/a.txt" & wa=$!
+  wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$ON/bytes/1024" >"$WORK/b.txt" & wb=$!
+  wait "$wa" "$wb"
+  a1=$(cpu_of "$OFF_PID"); b1=$(cpu_of "$ON_PID")
+  python3 - "$a0" "$a1" "$b0" "$b1" "$(getconf CLK_TCK)" "$WORK/a.txt" "$WORK/b.txt" <<'PY'
+import re, sys
+a0, a1, b0, b1, hz = (int(x) for x in sys.argv[1:6])
+out = []
+for (t0, t1), f in (((a0, a1), sys.argv[6]), ((b0, b1), sys.argv[7])):
+    text = open(f).read()
+    n = int(re.search(r"(\d+) requests in", text).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    out += [f"{rps:.0f}", f"{(t1 - t0) / hz * 1e6 / n:.2f}"]
+print(" ".join(out))
+PY
+}
 for r in $(seq "$ROUNDS"); do
-  # Alternate which goes first, so a drift of the machine does not favour one side.
-  if [ $((r % 2)) -eq 1 ]; then a=$(run $OFF $OFF_PID); b=$(run $ON $ON_PID); else b=$(run $ON $ON_PID); a=$(run $OFF $OFF_PID); fi
-  read -r a_rps a_cpu <<<"$a"; read -r b_rps b_cpu <<<"$b"
+  start_edges
+  if [ "$METHOD" = paired ]; then
+    if [ $((r % 2)) -eq 1 ]; then res=$(paired 0 1); else res=$(paired 1 0); fi
+    read -r a_rps a_cpu b_rps b_cpu <<<"$res"
+  else
+    a1=$(run $OFF $OFF_PID); b1=$(run $ON $ON_PID); b2=$(run $ON $ON_PID); a2=$(run $OFF $OFF_PID)
+    read -r a_rps a_cpu b_rps b_cpu < <(python3 - "$a1" "$a2" "$b1" "$b2" <<'PY'
+import sys
+a1, a2, b1, b2 = ([float(x) for x in v.split()] for v in sys.argv[1:])
+print(f"{(a1[0]+a2[0])/2:.0f} {(a1[1]+a2[1])/2:.2f} {(b1[0]+b2[0])/2:.0f} {(b1[1]+b2[1])/2:.2f}")
+PY
+)
+  fi
   ratio=$(python3 -c "print(f'{$b_rps/$a_rps:.3f}')")
   cpu_ratio=$(python3 -c "print(f'{$b_cpu/$a_cpu:.3f}')")
   ratios+=("$ratio"); cpu_ratios+=("$cpu_ratio")
@@ -81,5 +173,5 @@ c = [float(x) for x in sys.argv[2].split()]
 print(f"\nMedian on/off throughput: {statistics.median(r):.3f} (cost {100*(1-statistics.median(r)):.1f} %)")
 print(f"Median on/off CPU per request: {statistics.median(c):.3f} (cost {100*(statistics.median(c)-1):.1f} %)")
 PY
-lines=$(cat "$WORK"/logs/bench/*.log 2>/dev/null | wc -l)
-echo "Lines written by the logging edge: $lines"
+lines=$( (cat "$WORK"/logs/bench/*.log "$WORK"/nginx-on/access.log 2>/dev/null || true) | wc -l)
+echo "Lines written by the logging $PEER: $lines"

@@ -411,7 +411,9 @@ impl Edge {
         let stat = stats.then(|| crate::stats::Request {
             class: crate::stats::classify(
                 status,
-                resp.headers().get("cache-status").map(|v| v.as_bytes()),
+                resp.headers()
+                    .get(&crate::response::CACHE_STATUS)
+                    .map(|v| v.as_bytes()),
             ),
             status,
             ttfb_ms: started.elapsed().as_millis() as u64,
