@@ -107,42 +107,36 @@ fn headers(first: &str, fr: bool) -> Vec<String> {
 
 /// One row per step of a site's report, then the total.
 pub fn series_table(title: &str, r: &Report, step: Step, fr: bool) -> Table {
-    let mut rows: Vec<Vec<Cell>> = r
-        .points
-        .iter()
-        .map(|(at, a)| {
-            let mut row = vec![Cell::Text(stamp(*at, step))];
-            row.extend(cells(a));
-            row
-        })
-        .collect();
-    let mut total = vec![Cell::Text("Total".into())];
-    total.extend(cells(&r.total));
-    rows.push(total);
-    Table {
-        title: title.to_owned(),
-        headers: headers(if fr { "Période (UTC)" } else { "Period (UTC)" }, fr),
-        rows,
-    }
+    let first = if fr { "Période (UTC)" } else { "Period (UTC)" };
+    let rows = r.points.iter().map(|(at, a)| (stamp(*at, step), a));
+    labelled_table(title, first, rows, r, fr)
 }
 
 /// One row per site of an organisation's report, then the total.
 pub fn sites_table(title: &str, r: &Report, fr: bool) -> Table {
-    let mut rows: Vec<Vec<Cell>> = r
-        .sites
-        .iter()
-        .map(|(s, a)| {
-            let mut row = vec![Cell::Text(s.clone())];
+    let rows = r.sites.iter().map(|(s, a)| (s.clone(), a));
+    labelled_table(title, "Site", rows, r, fr)
+}
+
+/// Rows of figures, each after its label, then the report's total.
+fn labelled_table<'a>(
+    title: &str,
+    first: &str,
+    rows: impl Iterator<Item = (String, &'a Agg)>,
+    r: &'a Report,
+    fr: bool,
+) -> Table {
+    let rows = rows
+        .chain(std::iter::once(("Total".to_owned(), &r.total)))
+        .map(|(label, a)| {
+            let mut row = vec![Cell::Text(label)];
             row.extend(cells(a));
             row
         })
         .collect();
-    let mut total = vec![Cell::Text("Total".into())];
-    total.extend(cells(&r.total));
-    rows.push(total);
     Table {
         title: title.to_owned(),
-        headers: headers("Site", fr),
+        headers: headers(first, fr),
         rows,
     }
 }

@@ -585,12 +585,12 @@ impl AccessLog {
 
     /// Formats a line into the calling thread's buffer; never blocks on the disk.
     pub fn log(&self, site: &Arc<str>, line: &Line) {
-        let day = day_of(line.at);
         let at_us = line
             .at
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_micros() as u64;
+        let day = (at_us / 86_400_000_000) as Day;
         let mut guard = self.pending.mine();
         let p = &mut *guard;
         if p.text.len() >= PENDING_BYTES {

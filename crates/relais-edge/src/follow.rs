@@ -165,6 +165,14 @@ pub fn spawn(edge: Arc<Edge>, opts: FollowOptions) -> Result<FollowHandle, Strin
 }
 
 impl Follower {
+    /// A request to the control plane, with this edge's token.
+    fn to_control(&self, method: Method, uri: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+    }
+
     async fn run(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -187,10 +195,8 @@ impl Follower {
             self.good_seq.load(Ordering::SeqCst),
             self.purge_seq.load(Ordering::SeqCst)
         );
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(&uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+        let req = self
+            .to_control(Method::GET, &uri)
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
         let resp = self
@@ -451,10 +457,8 @@ impl Follower {
                 let compact = serde_json::from_slice::<serde_json::Value>(&manifest)
                     .map(|v| v.to_string())
                     .unwrap_or_default();
-                let req = Request::builder()
-                    .method(Method::PUT)
-                    .uri(&uri)
-                    .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+                let req = self
+                    .to_control(Method::PUT, &uri)
                     .header("x-relais-manifest", compact)
                     .header(header::CONTENT_TYPE, "application/gzip")
                     .body(Full::new(Bytes::from(gz)));
@@ -514,10 +518,8 @@ impl Follower {
                 let Ok(body) = tokio::fs::read(&path).await else {
                     continue;
                 };
-                let req = Request::builder()
-                    .method(Method::POST)
-                    .uri(&uri)
-                    .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+                let req = self
+                    .to_control(Method::POST, &uri)
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Full::new(Bytes::from(body)));
                 let Ok(req) = req else { continue };
@@ -550,10 +552,8 @@ impl Follower {
                 let Ok(body) = serde_json::to_vec(&ack) else {
                     break;
                 };
-                let req = Request::builder()
-                    .method(Method::POST)
-                    .uri(&uri)
-                    .header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token))
+                let req = self
+                    .to_control(Method::POST, &uri)
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Full::new(Bytes::from(body)));
                 let ok = match req {
