@@ -96,11 +96,6 @@ pub struct Line {
     pub micros: u64,
 }
 
-fn header_str(v: &Option<http::HeaderValue>) -> Option<&str> {
-    v.as_ref()
-        .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("(binary)"))
-}
-
 fn target_str(u: &http::Uri) -> &str {
     u.path_and_query().map(|p| p.as_str()).unwrap_or("/")
 }
@@ -134,34 +129,40 @@ pub const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
-fn hms(t: SystemTime) -> (u64, u64, u64) {
-    let s = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() % 86_400;
-    (s / 3600, (s / 60) % 60, s % 60)
-}
+/// Escapes a field the way nginx does (`"`, `\`, controls and non-ASCII as `\xHH`), so that a
+/// line is always printable ASCII whatever the request carried.
+/// Bytes written as they are: printable ASCII but `"` and `\`.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0x20;
+    while c < 0x7f {
+        t[c] = c != b'"' as usize && c != b'\\' as usize;
+        c += 1;
+    }
+    t
+};
 
-/// Escapes a field the way nginx does (`"`, `\`, controls and non-ASCII as `\xHH`).
-fn escape(out: &mut String, s: &str) {
-    escape_bytes(out, s.as_bytes());
-}
-
-fn escape_bytes(out: &mut String, b: &[u8]) {
+fn escape(out: &mut Vec<u8>, b: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    // Without early exit, so that the check runs over many bytes at a time: most fields are
-    // plain ASCII and are copied whole.
-    let plain = b.iter().fold(true, |ok, &c| {
-        ok & (0x20..0x7f).contains(&c) & (c != b'"') & (c != b'\\')
-    });
-    if plain && let Ok(text) = std::str::from_utf8(b) {
-        out.push_str(text);
+    let plain = |c: u8| PLAIN[c as usize];
+    // Most fields are plain ASCII and are copied whole. Long ones (User-Agent) are checked
+    // without early exit, which runs over many bytes at a time; short ones byte by byte.
+    let all_plain = if b.len() >= 32 {
+        b.iter().fold(true, |ok, &c| {
+            ok & (0x20..0x7f).contains(&c) & (c != b'"') & (c != b'\\')
+        })
+    } else {
+        b.iter().all(|&c| plain(c))
+    };
+    if all_plain {
+        out.extend_from_slice(b);
         return;
     }
     for &c in b {
-        if c == b'"' || c == b'\\' || !(0x20..0x7f).contains(&c) {
-            out.push_str("\\x");
-            out.push(HEX[(c >> 4) as usize] as char);
-            out.push(HEX[(c & 15) as usize] as char);
+        if plain(c) {
+            out.push(c);
         } else {
-            out.push(c as char);
+            out.extend_from_slice(&[b'\\', b'x', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
         }
     }
 }
@@ -196,9 +197,10 @@ pub const W3C_FIELDS: &str = "date time c-ip cs-method cs-uri-stem cs-uri-query 
 
 /// Formats one line (with its newline).
 pub fn format_line(l: &Line) -> String {
-    let mut s = String::with_capacity(200);
+    let mut s = Vec::with_capacity(200);
     format_into(&mut s, l, &mut Stamp::default());
-    s
+    // Lines are ASCII by construction (every field is escaped).
+    String::from_utf8_lossy(&s).into_owned()
 }
 
 /// The last formatted timestamp, reused while the second does not change (the writer formats
@@ -211,15 +213,16 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    fn get(&mut self, at: SystemTime, format: LogFormat) -> &str {
-        let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    /// The timestamp of second `secs` (since the epoch) in `format`.
+    fn get(&mut self, secs: u64, format: LogFormat) -> &[u8] {
         let w3c = format == LogFormat::W3c;
         if secs != self.secs
             || self.format.map(|f| f == LogFormat::W3c) != Some(w3c)
             || self.text.is_empty()
         {
-            let (h, m, sec) = hms(at);
-            let day = day_of(at);
+            let s = secs % 86_400;
+            let (h, m, sec) = (s / 3600, (s / 60) % 60, s % 60);
+            let day = (secs / 86_400) as Day;
             self.text = if w3c {
                 format!("{} {h:02}:{m:02}:{sec:02}", date_string(day))
             } else {
@@ -232,45 +235,63 @@ impl Stamp {
             self.secs = secs;
             self.format = Some(format);
         }
-        &self.text
+        self.text.as_bytes()
     }
 }
 
 /// Appends a number in decimal (without the formatting machinery: this runs for every line).
-fn push_u64(s: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+fn push_u64(s: &mut Vec<u8>, n: u64) {
+    s.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-fn push_ip(s: &mut String, ip: IpAddr) {
+/// `0.` to `255.`, padded to four bytes, and their length.
+static OCTETS: [([u8; 4], u8); 256] = {
+    let mut t = [([0u8; 4], 0u8); 256];
+    let mut o = 0;
+    while o < 256 {
+        let (a, b, c) = ((o / 100) as u8, (o / 10 % 10) as u8, (o % 10) as u8);
+        t[o] = if o >= 100 {
+            ([b'0' + a, b'0' + b, b'0' + c, b'.'], 4)
+        } else if o >= 10 {
+            ([b'0' + b, b'0' + c, b'.', 0], 3)
+        } else {
+            ([b'0' + c, b'.', 0, 0], 2)
+        };
+        o += 1;
+    }
+    t
+};
+
+fn push_ip(s: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                push_u64(s, u64::from(o));
+            // Each octet's digits and a dot from a table, into a stack buffer, then one copy.
+            let mut buf = [0u8; 16];
+            let mut n = 0;
+            for o in v4.octets() {
+                let (digits, len) = OCTETS[o as usize];
+                buf[n..n + 4].copy_from_slice(&digits);
+                n += len as usize;
             }
+            s.extend_from_slice(&buf[..n - 1]);
         }
         IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
             let _ = write!(s, "{v6}");
         }
     }
 }
 
-/// Appends one line (with its newline) to `s`.
-pub fn format_into(s: &mut String, l: &Line, stamp: &mut Stamp) {
-    use std::fmt::Write as _;
+/// Appends one line (with its newline) to `s`; every field is escaped, so the line is ASCII.
+pub fn format_into(s: &mut Vec<u8>, l: &Line, stamp: &mut Stamp) {
+    let secs =
+        l.at.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+    format_at(s, l, secs, stamp);
+}
+
+/// [`format_into`] with the line's time already in seconds since the epoch.
+fn format_at(s: &mut Vec<u8>, l: &Line, secs: u64, stamp: &mut Stamp) {
     let ip = if l.opts.truncate_ip {
         truncate(l.ip)
     } else {
@@ -279,58 +300,70 @@ pub fn format_into(s: &mut String, l: &Line, stamp: &mut Stamp) {
     match l.opts.format {
         LogFormat::Combined | LogFormat::Common => {
             push_ip(s, ip);
-            s.push_str(" - - ");
-            s.push_str(stamp.get(l.at, l.opts.format));
-            s.push_str(" \"");
-            escape(s, l.method.as_str());
-            s.push(' ');
-            escape(s, target_str(&l.target));
-            s.push(' ');
-            s.push_str(version_str(l.version));
-            s.push_str("\" ");
+            s.extend_from_slice(b" - - ");
+            s.extend_from_slice(stamp.get(secs, l.opts.format));
+            s.extend_from_slice(b" \"");
+            // A method is a token (checked by the parser): nothing to escape.
+            s.extend_from_slice(l.method.as_str().as_bytes());
+            s.push(b' ');
+            escape(s, target_str(&l.target).as_bytes());
+            s.push(b' ');
+            s.extend_from_slice(version_str(l.version).as_bytes());
+            s.extend_from_slice(b"\" ");
             push_u64(s, u64::from(l.status));
-            s.push(' ');
+            s.push(b' ');
             if l.bytes == 0 {
-                s.push('-');
+                s.push(b'-');
             } else {
                 push_u64(s, l.bytes);
             }
             if l.opts.format == LogFormat::Combined {
-                s.push_str(" \"");
-                escape_bytes(s, l.referer.as_ref().map_or(b"-", |v| v.as_bytes()));
-                s.push_str("\" \"");
-                escape_bytes(s, l.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()));
-                s.push('"');
+                s.extend_from_slice(b" \"");
+                match &l.referer {
+                    Some(v) => escape(s, v.as_bytes()),
+                    None => s.push(b'-'),
+                }
+                s.extend_from_slice(b"\" \"");
+                match &l.user_agent {
+                    Some(v) => escape(s, v.as_bytes()),
+                    None => s.push(b'-'),
+                }
+                s.push(b'"');
             }
         }
         LogFormat::W3c => {
-            let w = |s: &mut String, v: Option<&str>| match v {
+            // W3C fields are separated by spaces: a space inside a field becomes `+`.
+            let w = |s: &mut Vec<u8>, v: Option<&[u8]>| match v {
                 Some(v) if !v.is_empty() => {
-                    let mut e = String::new();
-                    escape(&mut e, v);
-                    s.push_str(&e.replace(' ', "+"));
+                    let start = s.len();
+                    escape(s, v);
+                    for c in &mut s[start..] {
+                        if *c == b' ' {
+                            *c = b'+';
+                        }
+                    }
                 }
-                _ => s.push('-'),
+                _ => s.push(b'-'),
             };
-            s.push_str(stamp.get(l.at, l.opts.format));
+            s.extend_from_slice(stamp.get(secs, l.opts.format));
             let _ = write!(s, " {ip} ");
-            w(s, Some(l.method.as_str()));
-            s.push(' ');
+            w(s, Some(l.method.as_str().as_bytes()));
+            s.push(b' ');
             let target = target_str(&l.target);
             let (stem, query) = match target.split_once('?') {
                 Some((a, b)) => (a, Some(b)),
                 None => (target, None),
             };
-            w(s, Some(stem));
-            s.push(' ');
-            w(s, query);
+            w(s, Some(stem.as_bytes()));
+            s.push(b' ');
+            w(s, query.map(str::as_bytes));
             let _ = write!(s, " {} {} {:.3} ", l.status, l.bytes, l.micros as f64 / 1e6);
-            w(s, header_str(&l.user_agent));
-            s.push(' ');
-            w(s, header_str(&l.referer));
+            w(s, l.user_agent.as_ref().map(|v| v.as_bytes()));
+            s.push(b' ');
+            w(s, l.referer.as_ref().map(|v| v.as_bytes()));
         }
     }
-    s.push('\n');
+    s.push(b'\n');
 }
 
 /// The per-site, per-day manifest written when a day closes.
@@ -477,7 +510,7 @@ struct Waiting {
 /// A request thread's formatted lines.
 #[derive(Default)]
 struct Pending {
-    text: String,
+    text: Vec<u8>,
     lines: Vec<Waiting>,
     /// The sites of these lines (each request's own `Arc`, compared by address: cloned once per
     /// site and batch rather than once per line).
@@ -599,7 +632,7 @@ impl AccessLog {
             return;
         }
         let site = p.site(site);
-        format_into(&mut p.text, line, &mut p.stamp);
+        format_at(&mut p.text, line, at_us / 1_000_000, &mut p.stamp);
         p.lines.push(Waiting {
             site,
             day,
@@ -671,7 +704,7 @@ impl AccessLog {
                 // A day's format is the one of its last line (a site's format changes with its
                 // configuration).
                 o.opts = l.opts;
-                match o.w.write_all(&p.text.as_bytes()[start..l.end]) {
+                match o.w.write_all(&p.text[start..l.end]) {
                     Ok(()) => written += 1,
                     Err(e) => {
                         tracing::warn!(site = %site, error = %e, "access log write failed");
@@ -917,10 +950,22 @@ mod tests {
         let mut raw = line(LogFormat::Combined);
         raw.user_agent = Some(http::HeaderValue::from_bytes(b"a\xffb").expect("ua"));
         assert!(format_line(&raw).ends_with("\"a\\xFFb\"\n"));
+        // Long fields take the other check.
+        raw.user_agent = Some(
+            http::HeaderValue::from_bytes(b"Mozilla/5.0 (X11; Linux x86_64) \"Gecko\" \\ 1")
+                .expect("ua"),
+        );
+        assert!(
+            format_line(&raw)
+                .ends_with("\"Mozilla/5.0 (X11; Linux x86_64) \\x22Gecko\\x22 \\x5C 1\"\n")
+        );
         let mut v6 = line(LogFormat::Common);
         v6.ip = "2001:db8:1:2:3:4:5:6".parse().expect("ip");
         v6.opts.truncate_ip = true;
         assert!(format_line(&v6).starts_with("2001:db8:1:: - -"));
+        let mut v4 = line(LogFormat::Common);
+        v4.ip = "10.100.0.255".parse().expect("ip");
+        assert!(format_line(&v4).starts_with("10.100.0.255 - -"));
     }
 
     #[test]
@@ -936,9 +981,13 @@ mod tests {
         ] {
             l.opts.format = format;
             l.at = UNIX_EPOCH + Duration::from_secs(1_795_335_723 + plus);
-            let mut s = String::new();
+            let mut s = Vec::new();
             format_into(&mut s, &l, &mut stamp);
-            assert_eq!(s, format_line(&l), "{format:?} +{plus}");
+            assert_eq!(
+                String::from_utf8(s).expect("ascii"),
+                format_line(&l),
+                "{format:?} +{plus}"
+            );
         }
     }
 

@@ -171,7 +171,9 @@ pub enum Class {
     Error,
 }
 
-/// Classifies a response from its status and the `Cache-Status` the edge wrote.
+/// Classifies a response from its status and its last `Cache-Status` header value, where the
+/// edge appends its own member after those of the caches before it (an origin behind Varnish or
+/// nginx sends its own). No member of the edge's: the response did not go through the cache.
 pub fn classify(status: u16, cache_status: Option<&[u8]>) -> Class {
     if status >= 500 {
         return Class::Error;
@@ -179,22 +181,50 @@ pub fn classify(status: u16, cache_status: Option<&[u8]>) -> Class {
     let Some(v) = cache_status else {
         return Class::Bypass;
     };
-    // Byte-wise: this runs for every request.
+    // The most common answer, as the edge writes it (see `proxy`): `relais; hit; ttl=N[; …]`.
+    if let Some(ttl) = v.strip_prefix(b"relais; hit; ttl=")
+        && !ttl.contains(&b',')
+    {
+        return if ttl.first() == Some(&b'-') {
+            Class::Stale
+        } else {
+            Class::Hit
+        };
+    }
+    // One pass over the bytes (this runs for every request): items end at `;`, members at `,`;
+    // the first item of a member is the cache's name, and only the last member named as the edge
+    // counts (an origin behind another cache, or another Relais, sends members of its own).
     let mut hit = false;
     let mut negative_ttl = false;
     let mut fwd: &[u8] = b"";
     let mut fwd_status: &[u8] = b"";
-    for p in v.split(|&b| b == b';').skip(1) {
-        let p = p.trim_ascii();
-        if p == b"hit" {
-            hit = true;
-        } else if let Some(t) = p.strip_prefix(b"ttl=") {
-            negative_ttl = t.first() == Some(&b'-');
-        } else if let Some(f) = p.strip_prefix(b"fwd=") {
-            fwd = f;
-        } else if let Some(f) = p.strip_prefix(b"fwd-status=") {
-            fwd_status = f;
+    let mut start = 0;
+    let mut name = true;
+    let mut ours = false;
+    for i in 0..=v.len() {
+        let c = v.get(i).copied().unwrap_or(b',');
+        if c != b';' && c != b',' {
+            continue;
         }
+        let item = v[start..i].trim_ascii();
+        if name {
+            ours = item == crate::response::CACHE_NAME.as_bytes();
+            if ours {
+                (hit, negative_ttl, fwd, fwd_status) = (false, false, b"", b"");
+            }
+        } else if ours {
+            if item == b"hit" {
+                hit = true;
+            } else if let Some(t) = item.strip_prefix(b"ttl=") {
+                negative_ttl = t.first() == Some(&b'-');
+            } else if let Some(f) = item.strip_prefix(b"fwd=") {
+                fwd = f;
+            } else if let Some(f) = item.strip_prefix(b"fwd-status=") {
+                fwd_status = f;
+            }
+        }
+        start = i + 1;
+        name = c == b',';
     }
     if hit {
         return if negative_ttl {
@@ -490,6 +520,14 @@ mod tests {
         assert_eq!(c("relais; fwd=method"), Class::Bypass);
         assert_eq!(classify(502, Some(b"relais; hit")), Class::Error);
         assert_eq!(classify(200, None), Class::Bypass);
+        // A cache in front of the origin: its member comes first, the edge's last.
+        assert_eq!(c("varnish; hit, relais; fwd=miss; stored"), Class::Miss);
+        assert_eq!(c("varnish; fwd=miss,relais; hit; ttl=9"), Class::Hit);
+        assert_eq!(c("varnish; fwd=miss,relais; hit; ttl=-9"), Class::Stale);
+        // Only the edge's own member counts, the last one if there are several.
+        assert_eq!(c("varnish; hit"), Class::Bypass);
+        assert_eq!(c("relais; hit; ttl=5, varnish; fwd=miss"), Class::Hit);
+        assert_eq!(c("relais; hit; ttl=5, relais; fwd=uri-miss"), Class::Miss);
     }
 
     #[test]

@@ -2018,8 +2018,12 @@ async fn an_unwritable_access_log_never_stops_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_without_control_plane_writes_its_statistics_minutes() {
+    // The origin sits behind a cache of its own, which says so in Cache-Status: the edge's
+    // outcome is its own member, appended after the origin's.
     let origin = Origin::start(|s| {
-        Reply::ok(format!("corps {}", s.path)).header("cache-control", "max-age=600")
+        Reply::ok(format!("corps {}", s.path))
+            .header("cache-control", "max-age=600")
+            .header("cache-status", "origin-cache; hit")
     })
     .await;
     let dir = Arc::new(tempfile::tempdir().expect("tmp"));
