@@ -14,7 +14,7 @@
 # PEER=nginx measures nginx (proxy_cache, one worker, no master) the same way, access_log off
 # versus on (combined, buffer=64k flush=1s: nginx's cheapest setting), for comparison.
 #
-#   cargo build --release -p relais && bench/logging.sh      # ROUNDS=15 DURATION=5s CONNS=64
+#   cargo build --release -p relais && bench/logging.sh      # ROUNDS=15 DURATION=5s CONNS=64 SIZE=1024
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-15}
@@ -25,12 +25,15 @@ METHOD=${METHOD:-paired}
 RECORD=${RECORD:-both}
 PEER=${PEER:-relais}
 CONNS=${CONNS:-64}
+# Size of the cached object, in bytes.
+SIZE=${SIZE:-1024}
 BIN=target/release/relais
 [ "$(nproc)" -ge 2 ] || { echo "this benchmark needs two cores" >&2; exit 1; }
 WRK_CPU=""
 [ "$METHOD" = sequential ] && WRK_CPU="taskset -c 1"
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-WORK=$(mktemp -d /tmp/relais-logbench.XXXXXX)
+# The logs go where TMPDIR says (default /tmp, on the disk: its write-back is part of the cost).
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/relais-logbench.XXXXXX")
 PIDS=()
 OFF_PID=""; ON_PID=""
 cleanup() { for p in "${PIDS[@]}" $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
@@ -102,16 +105,16 @@ start_edges() {
     if [ "$mode" = off ]; then OFF_PID=$!; else ON_PID=$!; fi
   done
   for p in $OFF $ON; do
-    for _ in $(seq 200); do curl -sf "http://127.0.0.1:$p/bytes/1024" >/dev/null && break; sleep 0.05; done
-    curl -sf "http://127.0.0.1:$p/bytes/1024" >/dev/null
-    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$p/bytes/1024" >/dev/null
+    for _ in $(seq 200); do curl -sf "http://127.0.0.1:$p/bytes/$SIZE" >/dev/null && break; sleep 0.05; done
+    curl -sf "http://127.0.0.1:$p/bytes/$SIZE" >/dev/null
+    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$p/bytes/$SIZE" >/dev/null
   done
 }
 # Prints "req/s µs-of-edge-CPU-per-request" for one wrk run against port $1, edge pid $2.
 run() {
   local t0 t1 out
   t0=$(awk '{print $14+$15}' "/proc/$2/stat")
-  out=$($WRK_CPU wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/bytes/1024")
+  out=$($WRK_CPU wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/bytes/$SIZE")
   t1=$(awk '{print $14+$15}' "/proc/$2/stat")
   python3 - "$t0" "$t1" "$(getconf CLK_TCK)" "$out" <<'PY'
 import re, sys
@@ -131,8 +134,8 @@ paired() {
   local a0 b0 a1 b1 wa wb
   taskset -a -pc "$1" "$OFF_PID" >/dev/null; taskset -a -pc "$2" "$ON_PID" >/dev/null
   a0=$(cpu_of "$OFF_PID"); b0=$(cpu_of "$ON_PID")
-  wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$OFF/bytes/1024" >"$WORK/a.txt" & wa=$!
-  wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$ON/bytes/1024" >"$WORK/b.txt" & wb=$!
+  wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$OFF/bytes/$SIZE" >"$WORK/a.txt" & wa=$!
+  wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$ON/bytes/$SIZE" >"$WORK/b.txt" & wb=$!
   wait "$wa" "$wb"
   a1=$(cpu_of "$OFF_PID"); b1=$(cpu_of "$ON_PID")
   python3 - "$a0" "$a1" "$b0" "$b1" "$(getconf CLK_TCK)" "$WORK/a.txt" "$WORK/b.txt" <<'PY'

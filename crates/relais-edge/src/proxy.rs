@@ -402,13 +402,12 @@ impl Edge {
             }
         }
         let logged = log.then(|| {
-            // A copy, not a reference into the connection's read buffer (see `Line`).
-            let target = req
-                .uri()
-                .path_and_query()
-                .and_then(|p| http::Uri::try_from(p.as_str()).ok())
-                .unwrap_or_else(|| http::Uri::from_static("/"));
-            (referer, req.method().clone(), req.version(), target)
+            (
+                referer,
+                req.method().clone(),
+                req.version(),
+                req.uri().clone(),
+            )
         });
         let ip = conn.remote.ip();
         let mut routed = None;

@@ -45,6 +45,23 @@ struct ReportForm {
     /// (key, label key, chosen)
     metrics: Vec<(&'static str, String, bool)>,
     language_en: bool,
+    /// Why the last submission was refused (the form then shows what was typed).
+    error: Option<String>,
+}
+
+impl ReportForm {
+    fn new(org: i64, recipients: &[String], chosen: &[String], language_en: bool) -> Self {
+        ReportForm {
+            org,
+            recipients: recipients.join("\n"),
+            metrics: METRICS
+                .iter()
+                .map(|m| (*m, format!("metric.{m}"), chosen.iter().any(|c| c == m)))
+                .collect(),
+            language_en,
+            error: None,
+        }
+    }
 }
 
 fn pct(r: Option<f64>, t: Tr) -> String {
@@ -284,6 +301,17 @@ pub(crate) async fn org_stats_page(
             u.t.s("err.not_found"),
         );
     };
+    org_view(st, u, org, q, None).await
+}
+
+/// The organisation's statistics page; `typed` is a refused report form, shown as typed.
+async fn org_view(
+    st: std::sync::Arc<relais_control::Control>,
+    u: WebUser,
+    org: i64,
+    q: Fields,
+    typed: Option<ReportForm>,
+) -> Response {
     if let Err(e) = st.check(&u.actor, org, Perm::Read).await {
         return api_error(u.t, e);
     }
@@ -328,21 +356,14 @@ pub(crate) async fn org_stats_page(
                 serde_json::from_str(&get("report_recipients")).unwrap_or_default();
             let chosen: Vec<String> =
                 serde_json::from_str(&get("report_metrics")).unwrap_or_default();
-            let form = ReportForm {
-                org,
-                recipients: recipients.join("\n"),
-                metrics: METRICS
-                    .iter()
-                    .map(|m| (*m, format!("metric.{m}"), chosen.iter().any(|c| c == m)))
-                    .collect(),
-                language_en: get("language") == "en",
-            };
-            (get("name"), Some(form))
+            let form = ReportForm::new(org, &recipients, &chosen, get("language") == "en");
+            (get("name"), Some(typed.unwrap_or(form)))
         }
         None => (String::new(), None),
     };
     let can_admin = st.check(&u.actor, org, Perm::Admin).await.is_ok();
-    view(
+    let refused = report.as_ref().is_some_and(|r| r.error.is_some()) && can_admin;
+    let mut resp = view(
         &u,
         org,
         format!("{} — {name}", u.t.s("stats.title")),
@@ -354,7 +375,11 @@ pub(crate) async fn org_stats_page(
         report.filter(|_| can_admin),
         None,
         &raw,
-    )
+    );
+    if refused {
+        *resp.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    resp
 }
 
 pub(crate) async fn save_report(
@@ -385,21 +410,32 @@ pub(crate) async fn save_report(
         .filter(|(k, _)| k == "metric")
         .map(|(_, v)| v.clone())
         .collect();
+    let language_en = field(&fields, "language") == "en";
     let settings = OrgSettings {
-        report_recipients: Some(recipients),
-        report_metrics: Some(metrics),
-        language: Some(
-            if field(&fields, "language") == "en" {
-                "en"
-            } else {
-                "fr"
-            }
-            .into(),
-        ),
+        report_recipients: Some(recipients.clone()),
+        report_metrics: Some(metrics.clone()),
+        language: Some(if language_en { "en" } else { "fr" }.into()),
         ..Default::default()
     };
     match st.set_org_settings(&u.actor, org, settings).await {
         Ok(()) => Redirect::to(&format!("/orgs/{org}/stats?ok=report")).into_response(),
+        // A refused address is shown on the form, with what was typed kept.
+        Err(e) if e.code == "invalid" => {
+            let mut typed = ReportForm::new(org, &recipients, &metrics, language_en);
+            // Name the refused address ("report_recipients[2]" says which).
+            let bad = e
+                .field
+                .as_deref()
+                .and_then(|f| f.strip_prefix("report_recipients["))
+                .and_then(|f| f.strip_suffix(']'))
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| recipients.get(i));
+            typed.error = Some(match bad {
+                Some(a) => format!("{a} : {}", e.message),
+                None => e.message,
+            });
+            org_view(st, u, org, Fields::default(), Some(typed)).await
+        }
         Err(e) => api_error(u.t, e),
     }
 }

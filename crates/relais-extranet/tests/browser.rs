@@ -324,6 +324,106 @@ async fn a_person_runs_the_main_flows_in_a_real_browser() {
     assert!(text(&c, "#receipt-edges").await.contains("paris-1"));
     shot(&c, "receipt").await;
 
+    // Statistics: a minute of traffic as the edge ships it, then the site's page, a finer
+    // step, and the organisation's page with its weekly report form.
+    {
+        use relais_edge::stats::{Agg, Batch, Class, Request, SiteMinute, visitor_hash};
+        let edge_row = ctl
+            .edge_by_token(&ctl.local_edge_token("paris-1").await.expect("token"))
+            .await
+            .expect("edge");
+        let mut agg = Agg::default();
+        for (class, ip) in [(Class::Hit, 1), (Class::Hit, 2), (Class::Miss, 3)] {
+            agg.record(&Request {
+                class,
+                status: 200,
+                ttfb_ms: 4,
+                sent: 2048,
+                visitor: visitor_hash([192, 0, 2, ip].into(), None),
+            });
+        }
+        let minute = clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs() as i64
+            / 60;
+        ctl.ingest_stats(
+            &edge_row,
+            Batch {
+                seq: 1_000_000,
+                minutes: vec![SiteMinute {
+                    site: "ville".into(),
+                    minute,
+                    agg,
+                }],
+            },
+        )
+        .await
+        .expect("ingest");
+    }
+    c.goto(&site_url).await.expect("goto");
+    click(&c, "main a[href$='/stats']").await;
+    let totals = wait_text(&c, "#stats-totals", "Requêtes").await;
+    assert!(totals.contains("66,7 %"), "{totals}");
+    let chart = c.find(Locator::Css("svg.chart")).await.expect("chart");
+    assert!(chart.is_displayed().await.expect("displayed"));
+    c.find(Locator::Css("#step"))
+        .await
+        .expect("step")
+        .select_by_value("minute")
+        .await
+        .expect("select");
+    // Minutes over the default week are refused, with the reason on the page.
+    click(&c, "form.range button[type=submit]").await;
+    wait_text(&c, "#stats-error", "2 jours au plus").await;
+    // Today only (a date field is typed differently in each locale: set it as a script would).
+    c.execute(
+        "document.getElementById('from').value = document.getElementById('to').value",
+        vec![],
+    )
+    .await
+    .expect("script");
+    click(&c, "form.range button[type=submit]").await;
+    let fine = wait_text(&c, "#stats-totals", "66,7 %").await;
+    assert!(fine.contains("Requêtes\n3"), "{fine}");
+    let url = c.current_url().await.expect("url");
+    assert!(url.as_str().contains("step=minute"), "{url}");
+    shot(&c, "stats").await;
+    click(&c, "header a[href$='/stats']").await;
+    wait_text(&c, "#stats-sites", "ville").await;
+    // A wrong address is refused on the form, what was typed is kept; then saved.
+    fill(&c, "#recipients", "dsi@ville.test\npas-une-adresse").await;
+    let checked = |c: Client| async move {
+        c.find(Locator::Css("input[name=metric][value=under_2s]"))
+            .await
+            .expect("checkbox")
+            .prop("checked")
+            .await
+            .expect("checked")
+    };
+    let before = checked(c.clone()).await;
+    click(&c, "input[name=metric][value=under_2s]").await;
+    click(&c, "form[action$='/report'] button[type=submit]").await;
+    let refused = wait_text(&c, "#report-error", "pas-une-adresse").await;
+    assert!(refused.contains("adresse e-mail invalide"), "{refused}");
+    let kept = c
+        .find(Locator::Css("#recipients"))
+        .await
+        .expect("recipients")
+        .prop("value")
+        .await
+        .expect("value")
+        .unwrap_or_default();
+    assert_eq!(kept, "dsi@ville.test\npas-une-adresse");
+    // The box the person ticked (or unticked) stays as they left it.
+    let after = checked(c.clone()).await;
+    assert_ne!(after, before);
+    assert!(after.is_some());
+    fill(&c, "#recipients", "dsi@ville.test").await;
+    click(&c, "form[action$='/report'] button[type=submit]").await;
+    wait_text(&c, ".flash", "Rapport hebdomadaire enregistré").await;
+
     // Switch to maintenance: the confirmation is required; then every visitor gets 503.
     c.goto(&site_url).await.expect("goto");
     click(&c, "#mode-maintenance").await;

@@ -1102,6 +1102,32 @@ async fn statistics_pages_exports_and_weekly_report_settings() {
     let org = boss.get("/orgs/1/stats").await;
     assert!(org.body.contains("action=\"/orgs/1/report\""));
     let csrf = org.csrf();
+    // A wrong address: the form again, with the error next to it and what was typed kept.
+    let refused = boss
+        .post(
+            "/orgs/1/report",
+            &[
+                ("_csrf", &csrf),
+                ("recipients", "dsi@demo.localhost\nnot an address"),
+                ("metric", "visitors"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("id=\"report-error\">not an address : not an e-mail address"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused
+            .body
+            .contains(">dsi@demo.localhost\nnot an address</textarea>")
+    );
+    assert!(refused.body.contains("value=\"visitors\" checked"));
+    assert!(refused.body.contains("aria-invalid=\"true\""));
     let r = boss
         .post(
             "/orgs/1/report",
