@@ -18,26 +18,16 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/relais-instr.XXXXXX")
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-fp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-OP=$(fp)
+. bench/lib.sh
+OP=$(free_port)
 "$BIN" demo-origin --listen "127.0.0.1:$OP" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do
   W=$WORK/$mode; mkdir -p "$W"
-  EP=$(fp)
+  EP=$(free_port)
   extra=""
   [ "$mode" = on ] && extra="access_log = \"$W/logs\"
 stats_dir = \"$W/stats\""
-  cat > "$W/edge.toml" <<TOML
-version = 1
-[edge]
-listen = ["127.0.0.1:$EP"]
-$extra
-[[site]]
-name = "bench"
-hosts = ["*"]
-[[site.origin]]
-url = "http://127.0.0.1:$OP"
-TOML
+  edge_config "$W/edge.toml" "$EP" "$OP" "$extra"
   (cd "$W" && RELAIS_LOG=warn exec taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" \
     "$BIN" edge --config "$W/edge.toml" >/dev/null 2>"$W/valgrind.err") & E=$!; PIDS+=($E)
   for _ in $(seq 600); do curl -sf "http://127.0.0.1:$EP/bytes/$SIZE" >/dev/null && break; sleep 0.1; done

@@ -38,7 +38,7 @@ PIDS=()
 OFF_PID=""; ON_PID=""
 cleanup() { for p in "${PIDS[@]}" $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 OPORT=$(free_port); OFF=$(free_port); ON=$(free_port)
 "$BIN" demo-origin --listen "127.0.0.1:$OPORT" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do
@@ -49,17 +49,7 @@ for mode in off on; do
     case $RECORD in both|stats) extra="$extra
 stats_dir = \"$WORK/stats\"";; esac
   fi
-  cat > "$WORK/$mode.toml" <<TOML
-version = 1
-[edge]
-listen = ["127.0.0.1:$port"]
-$extra
-[[site]]
-name = "bench"
-hosts = ["*"]
-[[site.origin]]
-url = "http://127.0.0.1:$OPORT"
-TOML
+  edge_config "$WORK/$mode.toml" "$port" "$OPORT" "$extra"
   mkdir -p "$WORK/nginx-$mode"
   log="access_log off;"
   [ "$mode" = on ] && log="access_log $WORK/nginx-$mode/access.log combined buffer=64k flush=1s;"

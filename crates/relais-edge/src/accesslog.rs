@@ -129,8 +129,6 @@ pub const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
-/// Escapes a field the way nginx does (`"`, `\`, controls and non-ASCII as `\xHH`), so that a
-/// line is always printable ASCII whatever the request carried.
 /// Bytes written as they are: printable ASCII but `"` and `\`.
 static PLAIN: [bool; 256] = {
     let mut t = [false; 256];
@@ -142,6 +140,8 @@ static PLAIN: [bool; 256] = {
     t
 };
 
+/// Escapes a field the way nginx does (`"`, `\`, controls and non-ASCII as `\xHH`), so that a
+/// line is always printable ASCII whatever the request carried.
 fn escape(out: &mut Vec<u8>, b: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let plain = |c: u8| PLAIN[c as usize];

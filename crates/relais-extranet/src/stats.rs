@@ -362,8 +362,7 @@ async fn org_view(
         None => (String::new(), None),
     };
     let can_admin = st.check(&u.actor, org, Perm::Admin).await.is_ok();
-    let refused = report.as_ref().is_some_and(|r| r.error.is_some()) && can_admin;
-    let mut resp = view(
+    view(
         &u,
         org,
         format!("{} — {name}", u.t.s("stats.title")),
@@ -375,11 +374,7 @@ async fn org_view(
         report.filter(|_| can_admin),
         None,
         &raw,
-    );
-    if refused {
-        *resp.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    resp
+    )
 }
 
 pub(crate) async fn save_report(
@@ -434,7 +429,11 @@ pub(crate) async fn save_report(
                 Some(a) => format!("{a} : {}", e.message),
                 None => e.message,
             });
-            org_view(st, u, org, Fields::default(), Some(typed)).await
+            let mut page = org_view(st, u, org, Fields::default(), Some(typed)).await;
+            if page.status().is_success() {
+                *page.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+            }
+            page
         }
         Err(e) => api_error(u.t, e),
     }
