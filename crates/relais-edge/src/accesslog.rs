@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
 
@@ -82,8 +82,8 @@ impl Default for SiteLog {
 #[derive(Debug, Clone)]
 pub struct Line {
     pub opts: SiteLog,
+    /// When the response ended (the clock's [`recent`](crate::clock::Clock::recent) time).
     pub at: SystemTime,
-    pub started: Instant,
     pub ip: IpAddr,
     pub method: Method,
     /// The request target (cheap to clone: the URI shares its buffer).
@@ -93,6 +93,7 @@ pub struct Line {
     pub bytes: u64,
     pub referer: Option<http::HeaderValue>,
     pub user_agent: Option<http::HeaderValue>,
+    /// Time taken, for W3C lines (to the millisecond, from the kernel's tick clock).
     pub micros: u64,
 }
 
@@ -902,7 +903,6 @@ mod tests {
                 truncate_ip: false,
             },
             at: UNIX_EPOCH + Duration::from_secs(1_795_335_723),
-            started: Instant::now(),
             ip: "192.0.2.7".parse().expect("ip"),
             method: Method::GET,
             target: http::Uri::from_static("/a%20b?x=%221%22"),

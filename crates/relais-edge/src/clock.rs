@@ -8,6 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A source of wall-clock time.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> SystemTime;
+
+    /// The time as of the kernel's last tick (1–4 ms ago): what the edge stamps on each request
+    /// it records, as nginx stamps its cached time. Reading it costs a few nanoseconds where
+    /// [`Clock::now`] costs 25 or more on a virtual machine, which counts on every cache hit.
+    fn recent(&self) -> SystemTime {
+        self.now()
+    }
 }
 
 /// The real clock.
@@ -18,6 +25,23 @@ impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+
+    fn recent(&self) -> SystemTime {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        UNIX_EPOCH
+            + Duration::new(
+                t.tv_sec.max(0) as u64,
+                t.tv_nsec.clamp(0, 999_999_999) as u32,
+            )
+    }
+}
+
+/// Milliseconds on a monotonic clock as of the kernel's last tick (1–4 ms of resolution): how
+/// the edge times requests for statistics and W3C logs (`time-taken`), at a few nanoseconds per
+/// reading. Only differences between two readings mean anything.
+pub fn coarse_millis() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    t.tv_sec.max(0) as u64 * 1000 + t.tv_nsec.max(0) as u64 / 1_000_000
 }
 
 /// A clock that only moves when told to; shared by cloning.

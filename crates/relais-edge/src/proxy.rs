@@ -76,6 +76,16 @@ pub struct Snapshot {
     pub generation: u64,
 }
 
+/// What [`Edge::handle_inner`] tells the recording wrapper about a request it routed.
+#[derive(Default)]
+struct Routed {
+    /// The site that answered (none: the request never reached one, and is not recorded).
+    site: Option<Arc<SiteRuntime>>,
+    /// The statistics class, when the path that answered knows it (the fresh-hit path, the
+    /// busiest); otherwise it is read from the response's `Cache-Status`.
+    class: Option<crate::stats::Class>,
+}
+
 /// Options fixed at start.
 #[derive(Debug, Clone)]
 pub struct EdgeOptions {
@@ -389,9 +399,9 @@ impl Edge {
         let log = self.access_log.is_some();
         let stats = self.stats_on.load(Ordering::Relaxed);
         if !log && !stats {
-            return self.handle_inner(req, conn, &mut None).await;
+            return self.handle_inner(req, conn, &mut Routed::default()).await;
         }
-        let started = std::time::Instant::now();
+        let started_ms = crate::clock::coarse_millis();
         // One pass over the request's headers (cheaper than a lookup for each).
         let (mut user_agent, mut referer) = (None, None);
         for (name, value) in req.headers() {
@@ -410,23 +420,27 @@ impl Edge {
             )
         });
         let ip = conn.remote.ip();
-        let mut routed = None;
+        let mut routed = Routed::default();
         let resp = self.clone().handle_inner(req, conn, &mut routed).await;
-        let Some(rt) = routed else {
+        let Some(rt) = routed.site else {
             return resp;
         };
         let status = resp.status().as_u16();
         let stat = stats.then(|| crate::stats::Request {
-            class: crate::stats::classify(
-                status,
-                resp.headers()
-                    .get_all(&crate::response::CACHE_STATUS)
-                    .iter()
-                    .next_back()
-                    .map(|v| v.as_bytes()),
-            ),
+            class: match routed.class {
+                // The path that answered knows (a fresh hit); a 5xx is an error whatever served it.
+                Some(class) if status < 500 => class,
+                _ => crate::stats::classify(
+                    status,
+                    resp.headers()
+                        .get_all(&crate::response::CACHE_STATUS)
+                        .iter()
+                        .next_back()
+                        .map(|v| v.as_bytes()),
+                ),
+            },
             status,
-            ttfb_ms: started.elapsed().as_millis() as u64,
+            ttfb_ms: crate::clock::coarse_millis().saturating_sub(started_ms),
             sent: 0,
             visitor: crate::stats::visitor_hash(ip, user_agent.as_ref().map(|v| v.as_bytes())),
         });
@@ -435,7 +449,6 @@ impl Edge {
                 opts: rt.site.log,
                 // Set once, when the response ends (lines are timed as nginx does).
                 at: std::time::UNIX_EPOCH,
-                started,
                 ip,
                 method,
                 target,
@@ -453,6 +466,7 @@ impl Edge {
             EdgeBody::Logged(Box::new(crate::response::Logged {
                 inner: body,
                 sent: 0,
+                started_ms,
                 line,
                 stat,
                 edge: self,
@@ -496,7 +510,7 @@ impl Edge {
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
-        routed: &mut Option<Arc<SiteRuntime>>,
+        routed: &mut Routed,
     ) -> Response<EdgeBody> {
         let snap = self.snapshot.load_full();
         // Phase 1: validate.
@@ -528,7 +542,7 @@ impl Edge {
             }
         }
         let rt = snap.sites[site.index].clone();
-        *routed = Some(rt.clone());
+        routed.site = Some(rt.clone());
         rt.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let host = normalize_host(&host).into_owned();
 
@@ -561,7 +575,10 @@ impl Edge {
         } else if req.method() == Method::GET || req.method() == Method::HEAD {
             let (parts, _body) = req.into_parts();
             let path = parts.uri.path().to_owned();
-            let mut resp = self.clone().cacheable(parts, &rt, &host, &conn, 0).await;
+            let mut resp = self
+                .clone()
+                .cacheable(parts, &rt, &host, &conn, 0, &mut routed.class)
+                .await;
             if rt.site.rules.uses("browser_ttl") {
                 self.apply_browser_ttl(&rt, &path, &mut resp);
             }
@@ -660,6 +677,7 @@ impl Edge {
         host: &str,
         conn: &ConnInfo,
         depth: u8,
+        class: &mut Option<crate::stats::Class>,
     ) -> Response<EdgeBody> {
         let reqd = policy::request_directives(&parts.headers);
         // Rules decided before the response: path scopes only.
@@ -693,6 +711,7 @@ impl Edge {
             }
             if fresh && client_ok {
                 rt.metrics.count(Outcome::Hit);
+                *class = Some(crate::stats::Class::Hit);
                 let ttl = format!("ttl={}", m.ttl(now));
                 return self.respond(&parts, obj, &["hit", &ttl], now);
             }
@@ -840,6 +859,7 @@ impl Edge {
                                 host,
                                 conn,
                                 depth + 1,
+                                class,
                             ))
                             .await;
                         }

@@ -36,6 +36,8 @@ pub enum EdgeBody {
 pub struct Logged {
     pub inner: EdgeBody,
     pub sent: u64,
+    /// When the request arrived, in [`crate::clock::coarse_millis`].
+    pub started_ms: u64,
     pub line: Option<crate::accesslog::Line>,
     pub stat: Option<crate::stats::Request>,
     /// The edge (its clock and access log) and the site, held rather than their parts so that a
@@ -46,14 +48,15 @@ pub struct Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        let now = self.edge.clock().now();
+        // The tick clock: lines are stamped to the second and minutes are minutes.
+        let now = self.edge.clock().recent();
         if let Some(mut l) = self.line.take()
             && let Some(log) = &self.edge.access_log
         {
             l.bytes = self.sent;
             // Only W3C lines carry the time taken (one clock read less for the others).
             if l.opts.format == crate::accesslog::LogFormat::W3c {
-                l.micros = l.started.elapsed().as_micros() as u64;
+                l.micros = crate::clock::coarse_millis().saturating_sub(self.started_ms) * 1000;
             }
             l.at = now;
             log.log(&self.site.log_name, &l);
