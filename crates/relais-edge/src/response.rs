@@ -50,24 +50,24 @@ impl Drop for Logged {
     fn drop(&mut self) {
         // The tick clock: lines are stamped to the second and minutes are minutes.
         let now = self.edge.clock().recent();
+        let at_us = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
         if let Some(mut l) = self.line.take()
             && let Some(log) = &self.edge.access_log
         {
             l.bytes = self.sent;
-            // Only W3C lines carry the time taken (one clock read less for the others).
+            // Only W3C lines carry the time taken.
             if l.opts.format == crate::accesslog::LogFormat::W3c {
                 l.micros = crate::clock::coarse_millis().saturating_sub(self.started_ms) * 1000;
             }
             l.at = now;
-            log.log(&self.site.log_name, &l);
+            log.log_at(&self.site.log_name, &l, at_us);
         }
         if let Some(mut r) = self.stat.take() {
             r.sent = self.sent;
-            let minute = now
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs() as i64
-                / 60;
+            let minute = (at_us / 60_000_000) as i64;
             self.site.metrics.minutes.record(minute, &r);
         }
     }

@@ -3,6 +3,7 @@
 //! different cores never wait for each other nor bounce a cache line between them. Collectors
 //! visit every shard.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -25,10 +26,18 @@ pub fn count() -> usize {
 /// This thread's shard, below [`count`].
 pub fn index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // A plain cell, not a lazily initialised value: read on every recorded request.
     thread_local! {
-        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        static MINE: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    MINE.with(|i| *i) & (count() - 1)
+    MINE.with(|m| {
+        let mut i = m.get();
+        if i == usize::MAX {
+            i = NEXT.fetch_add(1, Ordering::Relaxed) & (count() - 1);
+            m.set(i);
+        }
+        i
+    })
 }
 
 /// One `T` per shard, each behind its own lock.
@@ -60,7 +69,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl<T> Sharded<T> {
     /// The calling thread's shard.
     pub fn mine(&self) -> MutexGuard<'_, T> {
-        lock(&self.shards[index() % self.shards.len()].0)
+        // The count is a power of two: a mask, not a division.
+        lock(&self.shards[index() & (self.shards.len() - 1)].0)
     }
 
     /// Every shard in turn, each locked only while `f` runs on it.
