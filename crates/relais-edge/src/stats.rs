@@ -261,7 +261,8 @@ pub struct Agg {
     pub bytes_origin: u64,
     /// 1xx, 2xx, 3xx, 4xx, 5xx.
     pub status: [u64; 5],
-    /// Time to the response head, by [`TTFB_BOUNDS_MS`].
+    /// Time to the response head, by [`TTFB_BOUNDS_MS`] (measured on the kernel's tick clock:
+    /// to within its 1–4 ms, which the first bound, 10 ms, allows for).
     pub ttfb: [u64; TTFB_BUCKETS],
     #[serde(skip_serializing_if = "Hll::is_empty")]
     pub visitors: Hll,
