@@ -6,11 +6,10 @@
 //! - Logging never blocks or slows a request: the request's thread formats its line into a
 //!   buffer of its own (see [`crate::shard`]: no lock shared with other request threads, no
 //!   allocation per line, no reference kept to the request's buffers), and one writer thread
-//!   takes the buffers every 50 ms, or as soon as one holds 32 KiB (so they stay in the core's
-//!   cache), puts the lines back in completion order and appends them to the files. Lines are
-//!   stamped with the kernel's tick clock (see [`crate::clock::Clock::recent`]). When a buffer
-//!   is full (disk full, writer behind) the line is dropped and counted,
-//!   per site and day, and the manifest of that day says it is incomplete.
+//!   takes the buffers every 50 ms, puts the lines back in completion order and appends them to
+//!   the files. Lines are stamped with the kernel's tick clock ([`crate::clock::Clock::recent`]).
+//!   When a buffer is full (disk full, writer behind) the line is dropped and counted, per site
+//!   and day, and the manifest of that day says it is incomplete.
 //! - A line is written when the response body is finished or abandoned, with the bytes actually
 //!   sent. Lines reach the operating system within about 200 ms (the writer flushes after each
 //!   batch), and at once on [`AccessLog::flush`] (the edge calls it when it stops).
@@ -34,14 +33,8 @@ use crate::clock::SharedClock;
 /// counted): about 20 000 lines, 2 seconds of a busy thread with a stalled disk.
 const PENDING_BYTES: usize = 4 << 20;
 
-/// How often the writer takes the threads' lines when traffic is light.
+/// How often the writer takes the threads' lines.
 const TICK: Duration = Duration::from_millis(50);
-
-/// A thread with this many bytes of lines waiting wakes the writer early, so that the buffers
-/// (the one a thread fills and the one the writer empties) stay within a core's L2 cache
-/// instead of streaming hundreds of kilobytes through it between ticks on a busy edge, which
-/// evicted the request path's own data and cost more than formatting the lines.
-const BATCH_BYTES: usize = 32 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -556,8 +549,6 @@ struct Pending {
     sites: Vec<Arc<str>>,
     site_index: HashMap<usize, u32>,
     stamp: Stamp,
-    /// The writer was woken for this batch.
-    woke: bool,
 }
 
 impl Pending {
@@ -582,7 +573,6 @@ impl Pending {
         self.lines.clear();
         self.sites.clear();
         self.site_index.clear();
-        self.woke = false;
     }
 }
 
@@ -597,8 +587,6 @@ struct Files {
 /// The access log of an edge.
 pub struct AccessLog {
     pending: crate::shard::Sharded<Pending>,
-    /// The writer thread, woken when a thread's batch is full.
-    writer: std::sync::OnceLock<std::thread::Thread>,
     files: Mutex<Files>,
     pub written: AtomicU64,
     pub dropped: AtomicU64,
@@ -618,10 +606,9 @@ impl AccessLog {
     pub fn start(dir: PathBuf, clock: SharedClock, grace: Duration) -> io::Result<Arc<AccessLog>> {
         let log = Self::without_writer(dir, clock, grace)?;
         let weak = Arc::downgrade(&log);
-        let handle = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("relais-access-log".into())
             .spawn(move || writer(weak))?;
-        let _ = log.writer.set(handle.thread().clone());
         Ok(log)
     }
 
@@ -640,7 +627,6 @@ impl AccessLog {
         }
         Ok(Arc::new(AccessLog {
             pending: Default::default(),
-            writer: Default::default(),
             files: Default::default(),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -691,13 +677,6 @@ impl AccessLog {
             end: p.text.len(),
             at_us,
         });
-        if p.text.len() >= BATCH_BYTES && !p.woke {
-            p.woke = true;
-            drop(guard);
-            if let Some(w) = self.writer.get() {
-                w.unpark();
-            }
-        }
     }
 
     /// Writes every line formatted so far and flushes the files.
@@ -940,9 +919,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// days that are over; stops when the log is dropped (whose `Drop` writes the last lines).
 fn writer(log: std::sync::Weak<AccessLog>) {
     loop {
-        // The writer sleeps between batches instead of being woken for every line: a request
-        // pays for a wake-up only when its thread's batch is full (every few hundred lines).
-        std::thread::park_timeout(TICK);
+        // The writer sleeps between batches instead of being woken for every line, so requests
+        // never pay for a thread wake-up.
+        std::thread::sleep(TICK);
         let Some(owner) = log.upgrade() else { break };
         owner.flush();
         owner.close_days();
@@ -1079,34 +1058,6 @@ mod tests {
                 "{format:?} +{plus}"
             );
         }
-    }
-
-    #[test]
-    fn a_full_batch_wakes_the_writer_once_and_the_flush_resets_it() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
-        let log = AccessLog::without_writer(dir.path().into(), clock, Duration::ZERO).expect("log");
-        let site: Arc<str> = "s".into();
-        let woke = |log: &AccessLog| {
-            let mut n = 0;
-            log.pending.each(|p| n += usize::from(p.woke));
-            n
-        };
-        let mut lines = 0;
-        while woke(&log) == 0 {
-            log.log(&site, &line(LogFormat::Combined));
-            lines += 1;
-            assert!(lines < 10_000, "no wake-up after {lines} lines");
-        }
-        let mut waiting = 0;
-        log.pending.each(|p| waiting += p.text.len());
-        assert!(
-            (BATCH_BYTES..BATCH_BYTES + 1024).contains(&waiting),
-            "{waiting} bytes"
-        );
-        log.flush();
-        assert_eq!(woke(&log), 0, "the next batch wakes the writer again");
-        assert_eq!(log.written.load(Ordering::Relaxed), lines);
     }
 
     #[test]
