@@ -11,6 +11,9 @@
 # METHOD=sequential: both edges on core 0, wrk on core 1, rounds of four runs off-on-on-off.
 # Each round also reports the edges' CPU time per request (user + system, from /proc).
 # RECORD=none runs an A/A comparison (two identical edges): it shows the method's own noise.
+# BASELINE=path/to/another/relais compares two builds: the "off" edge runs that binary and
+# records exactly as the "on" one does (what RECORD says), so the ratio is the new build's
+# against the old one's.
 # PEER=nginx measures nginx (proxy_cache, one worker, no master) the same way, access_log off
 # versus on (combined, buffer=64k flush=1s: nginx's cheapest setting), for comparison.
 #
@@ -28,6 +31,7 @@ CONNS=${CONNS:-64}
 # Size of the cached object, in bytes.
 SIZE=${SIZE:-1024}
 BIN=target/release/relais
+OFF_BIN=${BASELINE:-$BIN}
 [ "$(nproc)" -ge 2 ] || { echo "this benchmark needs two cores" >&2; exit 1; }
 WRK_CPU=""
 [ "$METHOD" = sequential ] && WRK_CPU="taskset -c 1"
@@ -43,11 +47,11 @@ OPORT=$(free_port); OFF=$(free_port); ON=$(free_port)
 "$BIN" demo-origin --listen "127.0.0.1:$OPORT" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do
   port=$OFF; extra=""
-  if [ "$mode" = on ]; then
-    port=$ON
-    case $RECORD in both|log) extra="access_log = \"$WORK/logs\"";; esac
+  [ "$mode" = on ] && port=$ON
+  if [ "$mode" = on ] || [ -n "${BASELINE:-}" ]; then
+    case $RECORD in both|log) extra="access_log = \"$WORK/logs-$mode\"";; esac
     case $RECORD in both|stats) extra="$extra
-stats_dir = \"$WORK/stats\"";; esac
+stats_dir = \"$WORK/stats-$mode\"";; esac
   fi
   edge_config "$WORK/$mode.toml" "$port" "$OPORT" "$extra"
   mkdir -p "$WORK/nginx-$mode"
@@ -90,7 +94,8 @@ start_edges() {
     if [ "$PEER" = nginx ]; then
       taskset -c $core nginx -c "$WORK/nginx-$mode.conf" >/dev/null 2>&1 &
     else
-      RELAIS_LOG=warn taskset -c $core "$BIN" edge --config "$WORK/$mode.toml" >/dev/null 2>&1 &
+      bin=$BIN; [ "$mode" = off ] && bin=$OFF_BIN
+      RELAIS_LOG=warn taskset -c $core "$bin" edge --config "$WORK/$mode.toml" >/dev/null 2>&1 &
     fi
     if [ "$mode" = off ]; then OFF_PID=$!; else ON_PID=$!; fi
   done
@@ -166,5 +171,5 @@ c = [float(x) for x in sys.argv[2].split()]
 print(f"\nMedian on/off throughput: {statistics.median(r):.3f} (cost {100*(1-statistics.median(r)):.1f} %)")
 print(f"Median on/off CPU per request: {statistics.median(c):.3f} (cost {100*(statistics.median(c)-1):.1f} %)")
 PY
-lines=$( (cat "$WORK"/logs/bench/*.log "$WORK"/nginx-on/access.log 2>/dev/null || true) | wc -l)
+lines=$( (cat "$WORK"/logs-on/bench/*.log "$WORK"/nginx-on/access.log 2>/dev/null || true) | wc -l)
 echo "Lines written by the logging $PEER: $lines"
