@@ -6,8 +6,9 @@
 //! - Logging never blocks or slows a request: the request's thread formats its line into a
 //!   buffer of its own (see [`crate::shard`]: no lock shared with other request threads, no
 //!   allocation per line, no reference kept to the request's buffers), and one writer thread
-//!   takes the buffers every 50 ms, puts the lines back in completion order and appends them to
-//!   the files. Lines are stamped with the kernel's tick clock ([`crate::clock::Clock::recent`]).
+//!   takes the buffers every 50 ms, merges the threads' lines back into completion order and
+//!   appends them to the files by runs (all the lines of one thread between two lines of
+//!   another, one site and day: one copy each, none per line). Lines are stamped with the kernel's tick clock ([`crate::clock::Clock::recent`]).
 //!   When a buffer is full (disk full, writer behind) the line is dropped and counted, per site
 //!   and day, and the manifest of that day says it is incomplete.
 //! - A line is written when the response body is finished or abandoned, with the bytes actually
@@ -581,7 +582,81 @@ impl Pending {
 struct Files {
     open: HashMap<(Arc<str>, Day), Open>,
     spare: Vec<Pending>,
+    /// Scratch for [`plan`]: lines to sort, when a shard's are out of order.
     order: Vec<(u64, u32, u32)>,
+    /// Runs of lines to write: shard, first line, end.
+    runs: Vec<(u32, u32, u32)>,
+}
+
+/// Puts the shards' lines in completion order as runs `(shard, first, end)` of lines that are
+/// contiguous in one shard's text and belong to one site and day, so that each run is written
+/// with one copy. Each thread's lines are already in order (it stamps them as it formats them),
+/// so the shards are merged, without sorting, and a run usually holds all the lines of one
+/// thread between two lines of another; only a shard that two threads shared (more threads than
+/// shards) may be out of order, and then the lines are sorted.
+fn plan(spare: &[Pending], order: &mut Vec<(u64, u32, u32)>, runs: &mut Vec<(u32, u32, u32)>) {
+    runs.clear();
+    let same = |p: &Pending, a: usize, b: usize| {
+        let (a, b) = (&p.lines[a], &p.lines[b]);
+        a.day == b.day && a.site == b.site
+    };
+    let in_order = spare
+        .iter()
+        .all(|p| p.lines.windows(2).all(|w| w[0].at_us <= w[1].at_us));
+    if !in_order {
+        order.clear();
+        for (shard, p) in spare.iter().enumerate() {
+            for (i, l) in p.lines.iter().enumerate() {
+                order.push((l.at_us, shard as u32, i as u32));
+            }
+        }
+        order.sort_unstable();
+        for &(_, shard, i) in order.iter() {
+            match runs.last_mut() {
+                Some((s, _, end))
+                    if *s == shard
+                        && *end == i
+                        && same(&spare[shard as usize], i as usize - 1, i as usize) =>
+                {
+                    *end += 1
+                }
+                _ => runs.push((shard, i, i + 1)),
+            }
+        }
+        return;
+    }
+    // A k-way merge: the shard whose next line is the oldest gives lines until one of another
+    // shard is older, or the site or day changes (ties go to the lower shard, as a sort would).
+    let mut next = vec![0usize; spare.len()];
+    loop {
+        // The oldest next line, by (time, shard), and the next oldest of the other shards.
+        let (mut best, mut bound) = (None, (u64::MAX, usize::MAX));
+        for (s, p) in spare.iter().enumerate() {
+            let Some(l) = p.lines.get(next[s]) else {
+                continue;
+            };
+            match best {
+                Some(b) if (l.at_us, s) >= b => bound = bound.min((l.at_us, s)),
+                _ => {
+                    if let Some(b) = best {
+                        bound = bound.min(b);
+                    }
+                    best = Some((l.at_us, s));
+                }
+            }
+        }
+        let Some((_, best)) = best else {
+            return;
+        };
+        let p = &spare[best];
+        let first = next[best];
+        let mut end = first + 1;
+        while end < p.lines.len() && (p.lines[end].at_us, best) < bound && same(p, first, end) {
+            end += 1;
+        }
+        runs.push((best as u32, first as u32, end as u32));
+        next[best] = end;
+    }
 }
 
 /// The access log of an edge.
@@ -665,7 +740,7 @@ impl AccessLog {
         let p = &mut *guard;
         if p.text.len() >= PENDING_BYTES {
             drop(guard);
-            self.note_dropped(site, day);
+            self.note_dropped(site, day, 1);
             return;
         }
         let site = p.site(site);
@@ -690,65 +765,42 @@ impl AccessLog {
             std::mem::swap(p, &mut files.spare[i]);
             i += 1;
         });
-        // Each thread's lines are in completion order; merge the threads'.
-        files.order.clear();
-        for (shard, p) in files.spare.iter().enumerate() {
-            for (i, l) in p.lines.iter().enumerate() {
-                files.order.push((l.at_us, shard as u32, i as u32));
-            }
-        }
-        files.order.sort_unstable();
+        plan(&files.spare, &mut files.order, &mut files.runs);
         let mut written = 0;
-        let mut k = 0;
-        while k < files.order.len() {
-            // One file lookup for each run of lines of the same site and day.
-            let (_, shard, i) = files.order[k];
-            let first = &files.spare[shard as usize];
-            let (site, day, opts) = {
-                let l = &first.lines[i as usize];
-                (first.sites[l.site as usize].clone(), l.day, l.opts)
-            };
+        for &(shard, first, end) in &files.runs {
+            let p = &files.spare[shard as usize];
+            let (first, end) = (first as usize, end as usize);
+            let last = &p.lines[end - 1];
+            let (site, day) = (&p.sites[last.site as usize], last.day);
+            let n = (end - first) as u64;
             let o = match files.open.entry((site.clone(), day)) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    match open_file(&self.dir, &site, day, opts) {
+                    match open_file(&self.dir, site, day, last.opts) {
                         Ok(o) => v.insert(o),
                         Err(e) => {
                             tracing::error!(site = %site, error = %e, "cannot open access log");
-                            self.note_dropped(&site, day);
-                            k += 1;
+                            self.note_dropped(site, day, n);
                             continue;
                         }
                     }
                 }
             };
-            while k < files.order.len() {
-                let (_, shard, i) = files.order[k];
-                let p = &files.spare[shard as usize];
-                let l = &p.lines[i as usize];
-                let same = l.day == day && {
-                    let s = &p.sites[l.site as usize];
-                    Arc::ptr_eq(s, &site) || **s == *site
-                };
-                if !same {
-                    break;
+            // A day's format is the one of its last line (a site's format changes with its
+            // configuration).
+            o.opts = last.opts;
+            let from = if first == 0 {
+                0
+            } else {
+                p.lines[first - 1].end
+            };
+            // A run longer than the file's buffer goes to the file without being copied.
+            match o.w.write_all(&p.text[from..last.end]) {
+                Ok(()) => written += n,
+                Err(e) => {
+                    tracing::warn!(site = %site, error = %e, "access log write failed");
+                    self.note_dropped(site, day, n);
                 }
-                let start = if i == 0 {
-                    0
-                } else {
-                    p.lines[i as usize - 1].end
-                };
-                // A day's format is the one of its last line (a site's format changes with its
-                // configuration).
-                o.opts = l.opts;
-                match o.w.write_all(&p.text[start..l.end]) {
-                    Ok(()) => written += 1,
-                    Err(e) => {
-                        tracing::warn!(site = %site, error = %e, "access log write failed");
-                        self.note_dropped(&site, day);
-                    }
-                }
-                k += 1;
             }
         }
         self.written.fetch_add(written, Ordering::Relaxed);
@@ -797,11 +849,11 @@ impl AccessLog {
             .unwrap_or(0)
     }
 
-    fn note_dropped(&self, site: &Arc<str>, day: Day) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+    fn note_dropped(&self, site: &Arc<str>, day: Day, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
         *lock(&self.dropped_by)
             .entry((site.clone(), day))
-            .or_default() += 1;
+            .or_default() += lines;
     }
 }
 
@@ -1111,6 +1163,89 @@ mod tests {
             })
             .collect();
         assert_eq!(lines, expected);
+    }
+
+    /// A shard whose lines are `(at_us, site, day)`; each line's text names its shard and index.
+    fn shard_of(n: usize, lines: &[(u64, &str, Day)]) -> Pending {
+        let mut p = Pending::default();
+        for (i, &(at_us, site, day)) in lines.iter().enumerate() {
+            let site: Arc<str> = site.into();
+            // Sites are compared by index, the index by the `Arc`'s address: reuse the first.
+            let site = p
+                .sites
+                .iter()
+                .find(|s| s.as_ref() == site.as_ref())
+                .cloned()
+                .unwrap_or(site);
+            let site = p.site(&site);
+            p.text.extend_from_slice(format!("{n}.{i}\n").as_bytes());
+            p.lines.push(Waiting {
+                site,
+                day,
+                opts: SiteLog::default(),
+                end: p.text.len(),
+                at_us,
+            });
+        }
+        p
+    }
+
+    /// The text of each run, in the planned order.
+    fn planned(spare: &[Pending]) -> Vec<String> {
+        let (mut order, mut runs) = (vec![], vec![]);
+        plan(spare, &mut order, &mut runs);
+        runs.iter()
+            .map(|&(s, first, end)| {
+                let p = &spare[s as usize];
+                let from = if first == 0 {
+                    0
+                } else {
+                    p.lines[first as usize - 1].end
+                };
+                String::from_utf8_lossy(&p.text[from..p.lines[end as usize - 1].end]).into_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shards_are_merged_into_runs_in_completion_order() {
+        // One busy thread: everything in one run.
+        let one = [shard_of(0, &[(1, "a", 0), (1, "a", 0), (2, "a", 0)])];
+        assert_eq!(planned(&one), ["0.0\n0.1\n0.2\n"]);
+        // Two threads: runs broken where the other thread's line is older; ties go to the
+        // lower shard, as a sort by (time, shard, line) would.
+        let two = [
+            shard_of(0, &[(1, "a", 0), (3, "a", 0), (3, "a", 0), (7, "a", 0)]),
+            shard_of(1, &[(2, "a", 0), (3, "a", 0), (8, "a", 0)]),
+            Pending::default(),
+        ];
+        assert_eq!(
+            planned(&two),
+            ["0.0\n", "1.0\n", "0.1\n0.2\n", "1.1\n", "0.3\n", "1.2\n"]
+        );
+        // A change of site or day ends a run (they go to different files).
+        let sites = [shard_of(
+            0,
+            &[
+                (1, "a", 0),
+                (2, "b", 0),
+                (3, "b", 0),
+                (4, "b", 1),
+                (5, "a", 1),
+            ],
+        )];
+        assert_eq!(planned(&sites), ["0.0\n", "0.1\n0.2\n", "0.3\n", "0.4\n"]);
+        // A shard two threads shared can be out of order: sorted, then cut into runs.
+        let shared = [
+            shard_of(0, &[(1, "a", 0), (5, "a", 0), (2, "a", 0), (6, "a", 0)]),
+            shard_of(1, &[(3, "a", 0), (4, "a", 0)]),
+        ];
+        assert_eq!(
+            planned(&shared),
+            ["0.0\n", "0.2\n", "1.0\n1.1\n", "0.1\n", "0.3\n"]
+        );
+        // Every line is planned exactly once.
+        assert!(planned(&[Pending::default(), Pending::default()]).is_empty());
     }
 
     #[test]
