@@ -8,7 +8,9 @@
 # the cores are swapped every round. The machine is a shared VM whose speed drifts by ±20 % over
 # tens of seconds (steal time 5–20 %): measured at the same moment, both edges see the same
 # drift, and the cheaper one simply gets more requests done in the same CPU time.
-# METHOD=sequential: both edges on core 0, wrk on core 1, rounds of four runs off-on-on-off.
+# METHOD=sequential: both edges on core 0, wrk on core 1, rounds of four runs off-on-on-off
+# (REPEAT=n: n times in a round, with shorter runs, so that the machine's drift over a round
+# touches both edges alike).
 # Each round also reports the edges' CPU time per request (user + system, from /proc).
 # RECORD=none runs an A/A comparison (two identical edges): it shows the method's own noise.
 # BASELINE=path/to/another/relais compares two builds: the "off" edge runs that binary and
@@ -30,6 +32,7 @@ PEER=${PEER:-relais}
 CONNS=${CONNS:-64}
 # Size of the cached object, in bytes.
 SIZE=${SIZE:-1024}
+REPEAT=${REPEAT:-1}
 BIN=target/release/relais
 OFF_BIN=${BASELINE:-$BIN}
 [ "$(nproc)" -ge 2 ] || { echo "this benchmark needs two cores" >&2; exit 1; }
@@ -151,11 +154,18 @@ for r in $(seq "$ROUNDS"); do
     if [ $((r % 2)) -eq 1 ]; then res=$(paired 0 1); else res=$(paired 1 0); fi
     read -r a_rps a_cpu b_rps b_cpu <<<"$res"
   else
-    a1=$(run $OFF $OFF_PID); b1=$(run $ON $ON_PID); b2=$(run $ON $ON_PID); a2=$(run $OFF $OFF_PID)
-    read -r a_rps a_cpu b_rps b_cpu < <(python3 - "$a1" "$a2" "$b1" "$b2" <<'PY'
+    offs=(); ons=()
+    for _ in $(seq "$REPEAT"); do
+      offs+=("$(run $OFF $OFF_PID)"); ons+=("$(run $ON $ON_PID)")
+      ons+=("$(run $ON $ON_PID)"); offs+=("$(run $OFF $OFF_PID)")
+    done
+    read -r a_rps a_cpu b_rps b_cpu < <(python3 - "${#offs[@]}" "${offs[@]}" "${ons[@]}" <<'PY'
 import sys
-a1, a2, b1, b2 = ([float(x) for x in v.split()] for v in sys.argv[1:])
-print(f"{(a1[0]+a2[0])/2:.0f} {(a1[1]+a2[1])/2:.2f} {(b1[0]+b2[0])/2:.0f} {(b1[1]+b2[1])/2:.2f}")
+n = int(sys.argv[1])
+runs = [[float(x) for x in v.split()] for v in sys.argv[2:]]
+a, b = runs[:n], runs[n:]
+mean = lambda rs, i: sum(r[i] for r in rs) / len(rs)
+print(f"{mean(a, 0):.0f} {mean(a, 1):.2f} {mean(b, 0):.0f} {mean(b, 1):.2f}")
 PY
 )
   fi
