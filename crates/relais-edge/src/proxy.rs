@@ -421,7 +421,7 @@ impl Edge {
         });
         let ip = conn.remote.ip();
         let mut routed = Routed::default();
-        let resp = self.clone().handle_inner(req, conn, &mut routed).await;
+        let mut resp = self.clone().handle_inner(req, conn, &mut routed).await;
         let Some(rt) = routed.site else {
             return resp;
         };
@@ -460,19 +460,19 @@ impl Edge {
                 micros: 0,
             },
         );
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(
-            parts,
-            EdgeBody::Logged(Box::new(crate::response::Logged {
-                inner: body,
-                sent: 0,
-                started_ms,
-                line,
-                stat,
-                edge: self,
-                site: rt,
-            })),
-        )
+        // The body is wrapped in place (the response head is not moved).
+        let body = resp.body_mut();
+        let inner = std::mem::replace(body, EdgeBody::Empty);
+        *body = EdgeBody::Logged(Box::new(crate::response::Logged {
+            inner,
+            sent: 0,
+            started_ms,
+            line,
+            stat,
+            edge: self,
+            site: rt,
+        }));
+        resp
     }
 
     /// Turns per-minute statistics on or off (on for edges that ship them to a control plane).
