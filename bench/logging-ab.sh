@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Three long-lived edges on core 0 (wrk on core 1): "off" (build A, recording nothing), "A" and
+# "B" (builds A and B, recording what RECORD_A and RECORD_B say: both, log or stats), loaded in turn, off-A-B then B-A-off, REPS times.
+# Prints each edge's requests and CPU per request per run, and the medians as ratios to "off".
+# Complements bench/logging.sh (fresh edges every round): here the edges live through the whole
+# run, so a difference between two builds is not buried in process-to-process layout changes
+# round after round, but each edge keeps one layout (run it twice).
+#
+#   A=target/release/relais B=/tmp/relais-other REPS=10 D=3 SIZE=1024 bench/logging-ab.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${A:-target/release/relais}
+B=${B:-$A}
+# What each recording edge records: both (logs + statistics), log or stats.
+RECORD_A=${RECORD_A:-both}
+RECORD_B=${RECORD_B:-both}
+REPS=${REPS:-8}
+D=${D:-3}
+SIZE=${SIZE:-1024}
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/relais-logab.XXXXXX")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
+trap cleanup EXIT
+. bench/lib.sh
+OP=$(free_port); PORTS=("$(free_port)" "$(free_port)" "$(free_port)")
+"$A" demo-origin --listen "127.0.0.1:$OP" >/dev/null 2>&1 & PIDS+=($!)
+EPIDS=()
+for i in 0 1 2; do
+  extra=""
+  record=none; [ "$i" = 1 ] && record=$RECORD_A; [ "$i" = 2 ] && record=$RECORD_B
+  case $record in both|log) extra="access_log = \"$WORK/logs-$i\"";; esac
+  case $record in both|stats) extra="$extra
+stats_dir = \"$WORK/stats-$i\"";; esac
+  edge_config "$WORK/e$i.toml" "${PORTS[$i]}" "$OP" "$extra"
+  bin=$A; [ "$i" = 2 ] && bin=$B
+  RELAIS_LOG=warn taskset -c 0 "$bin" edge --config "$WORK/e$i.toml" >/dev/null 2>&1 & PIDS+=($!); EPIDS+=($!)
+done
+for p in "${PORTS[@]}"; do
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$p/bytes/$SIZE" >/dev/null && break; sleep 0.05; done
+  taskset -c 1 wrk -t1 -c64 -d1s "http://127.0.0.1:$p/bytes/$SIZE" >/dev/null
+done
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+for rep in $(seq "$REPS"); do
+  order="0 1 2"; [ $((rep % 2)) = 0 ] && order="2 1 0"
+  for i in $order; do
+    t0=$(cpu "${EPIDS[$i]}")
+    n=$(taskset -c 1 wrk -t1 -c64 -d"${D}s" "http://127.0.0.1:${PORTS[$i]}/bytes/$SIZE" | grep -oP '\d+(?= requests in)')
+    t1=$(cpu "${EPIDS[$i]}")
+    echo "$i $n $t0 $t1"
+  done
+done | python3 -c '
+import os, statistics, sys
+hz = os.sysconf("SC_CLK_TCK")
+by = {}
+for line in sys.stdin:
+    i, n, t0, t1 = line.split()
+    by.setdefault(i, []).append((int(n), (int(t1) - int(t0)) / hz * 1e6 / int(n)))
+names = {"0": "off", "1": "A", "2": "B"}
+for i in sorted(by):
+    print(f"{names[i]:>3}: requests {[n for n, _ in by[i]]}, µs CPU/request {[round(c, 2) for _, c in by[i]]}")
+m = {i: statistics.median(n for n, _ in v) for i, v in by.items()}
+c = {i: statistics.median(x for _, x in v) for i, v in by.items()}
+m0, c0 = m["0"], c["0"]
+for i in ("1", "2"):
+    print(f"{names[i]} on / off: requests {m[i] / m0:.3f}, CPU per request {c[i] / c0:.3f}")
+'
