@@ -91,7 +91,8 @@ impl Default for SiteLog {
 #[derive(Debug, Clone)]
 pub struct Line {
     pub opts: SiteLog,
-    /// When the response ended (the clock's [`recent`](crate::clock::Clock::recent) time).
+    /// When the response ended, for [`AccessLog::log`] and [`format_line`]; the edge passes the
+    /// time to [`AccessLog::log_at`] instead (already in microseconds) and leaves this unset.
     pub at: SystemTime,
     pub ip: IpAddr,
     pub method: Method,

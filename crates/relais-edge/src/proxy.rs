@@ -447,7 +447,7 @@ impl Edge {
         let line = logged.map(
             |(referer, method, version, target)| crate::accesslog::Line {
                 opts: rt.site.log,
-                // Set once, when the response ends (lines are timed as nginx does).
+                // Timed when the response ends (as nginx does), and passed to `log_at` then.
                 at: std::time::UNIX_EPOCH,
                 ip,
                 method,

@@ -62,7 +62,7 @@ impl Drop for Logged {
             if l.opts.format == crate::accesslog::LogFormat::W3c {
                 l.micros = crate::clock::coarse_millis().saturating_sub(self.started_ms) * 1000;
             }
-            l.at = now;
+            // The time goes as `at_us` (converted once for the line and the minute), not `l.at`.
             log.log_at(&self.site.log_name, &l, at_us);
         }
         if let Some(mut r) = self.stat.take() {
