@@ -40,28 +40,31 @@ for p in "${PORTS[@]}"; do
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$p/bytes/$SIZE" >/dev/null && break; sleep 0.05; done
   taskset -c 1 wrk -t1 -c64 -d1s "http://127.0.0.1:$p/bytes/$SIZE" >/dev/null
 done
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# User and system CPU ticks of a process.
+cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
 for rep in $(seq "$REPS"); do
   order="0 1 2"; [ $((rep % 2)) = 0 ] && order="2 1 0"
   for i in $order; do
     t0=$(cpu "${EPIDS[$i]}")
     n=$(taskset -c 1 wrk -t1 -c64 -d"${D}s" "http://127.0.0.1:${PORTS[$i]}/bytes/$SIZE" | grep -oP '\d+(?= requests in)')
     t1=$(cpu "${EPIDS[$i]}")
-    echo "$i $n $t0 $t1"
+    echo "$i $n $t0 $t1"  # i n user0 sys0 user1 sys1
   done
 done | python3 -c '
 import os, statistics, sys
 hz = os.sysconf("SC_CLK_TCK")
 by = {}
 for line in sys.stdin:
-    i, n, t0, t1 = line.split()
-    by.setdefault(i, []).append((int(n), (int(t1) - int(t0)) / hz * 1e6 / int(n)))
+    i, n, u0, s0, u1, s1 = line.split()
+    per = lambda a, b: (int(b) - int(a)) / hz * 1e6 / int(n)
+    by.setdefault(i, []).append((int(n), per(u0, u1) + per(s0, s1), per(u0, u1), per(s0, s1)))
 names = {"0": "off", "1": "A", "2": "B"}
 for i in sorted(by):
-    print(f"{names[i]:>3}: requests {[n for n, _ in by[i]]}, µs CPU/request {[round(c, 2) for _, c in by[i]]}")
-m = {i: statistics.median(n for n, _ in v) for i, v in by.items()}
-c = {i: statistics.median(x for _, x in v) for i, v in by.items()}
-m0, c0 = m["0"], c["0"]
+    print(f"{names[i]:>3}: requests {[r[0] for r in by[i]]}, µs CPU/request {[round(r[1], 2) for r in by[i]]}")
+med = lambda i, k: statistics.median(r[k] for r in by[i])
+for i in sorted(by):
+    print(f"{names[i]:>3}: median µs per request: CPU {med(i, 1):.2f} = user {med(i, 2):.2f} + system {med(i, 3):.2f}")
+off = "0"
 for i in ("1", "2"):
-    print(f"{names[i]} on / off: requests {m[i] / m0:.3f}, CPU per request {c[i] / c0:.3f}")
+    print(f"{names[i]} on / off: requests {med(i, 0) / med(off, 0):.3f}, CPU per request {med(i, 1) / med(off, 1):.3f}")
 '

@@ -44,7 +44,7 @@ const TICK: Duration = Duration::from_millis(5);
 /// The writer's tick when the last one found no line (an idle edge wakes it 20 times a second).
 const IDLE_TICK: Duration = Duration::from_millis(50);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LogFormat {
     Combined,
     Common,
@@ -71,7 +71,7 @@ impl LogFormat {
 }
 
 /// A site's logging options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SiteLog {
     pub format: LogFormat,
     /// Keep only the network part of client addresses (IPv4 /24, IPv6 /48), for GDPR.
@@ -565,16 +565,24 @@ struct Open {
     opts: SiteLog,
 }
 
-/// One formatted line waiting in a thread's buffer.
+/// One formatted line waiting in a thread's buffer: 16 bytes, written for every request (the
+/// day is the completion time's, the log options are the site entry's).
 struct Waiting {
-    /// Index in `Pending::sites`.
-    site: u32,
-    day: Day,
-    opts: SiteLog,
-    /// End of the line in `Pending::text` (it starts where the previous one ends).
-    end: usize,
     /// Completion time in microseconds, to merge the threads' lines in order.
     at_us: u64,
+    /// End of the line in `Pending::text` (it starts where the previous one ends; the text is
+    /// bounded by [`PENDING_BYTES`]).
+    end: u32,
+    /// Index in `Pending::sites`.
+    site: u32,
+}
+
+const DAY_US: u64 = 86_400_000_000;
+
+impl Waiting {
+    fn day(&self) -> Day {
+        (self.at_us / DAY_US) as Day
+    }
 }
 
 /// A request thread's formatted lines.
@@ -582,25 +590,26 @@ struct Waiting {
 struct Pending {
     text: Vec<u8>,
     lines: Vec<Waiting>,
-    /// The sites of these lines (each request's own `Arc`, compared by address: cloned once per
-    /// site and batch rather than once per line).
-    sites: Vec<Arc<str>>,
-    site_index: HashMap<usize, u32>,
+    /// The sites of these lines with their log options (each request's own `Arc`, compared by
+    /// address: cloned once per site and batch rather than once per line).
+    sites: Vec<(Arc<str>, SiteLog)>,
+    site_index: HashMap<(usize, SiteLog), u32>,
     stamp: Stamp,
 }
 
 impl Pending {
-    fn site(&mut self, site: &Arc<str>) -> u32 {
-        if let Some(last) = self.sites.last()
+    fn site(&mut self, site: &Arc<str>, opts: SiteLog) -> u32 {
+        if let Some((last, o)) = self.sites.last()
             && Arc::ptr_eq(last, site)
+            && *o == opts
         {
             return (self.sites.len() - 1) as u32;
         }
-        let key = Arc::as_ptr(site) as *const u8 as usize;
+        let key = (Arc::as_ptr(site) as *const u8 as usize, opts);
         if let Some(&i) = self.site_index.get(&key) {
             return i;
         }
-        self.sites.push(site.clone());
+        self.sites.push((site.clone(), opts));
         let i = (self.sites.len() - 1) as u32;
         self.site_index.insert(key, i);
         i
@@ -635,7 +644,7 @@ fn plan(spare: &[Pending], order: &mut Vec<(u64, u32, u32)>, runs: &mut Vec<(u32
     runs.clear();
     let same = |p: &Pending, a: usize, b: usize| {
         let (a, b) = (&p.lines[a], &p.lines[b]);
-        a.day == b.day && a.site == b.site
+        a.site == b.site && a.day() == b.day()
     };
     let in_order = spare
         .iter()
@@ -772,7 +781,7 @@ impl AccessLog {
 
     /// [`AccessLog::log`] with the line's time already in microseconds since the epoch.
     pub fn log_at(&self, site: &Arc<str>, line: &Line, at_us: u64) {
-        let day = (at_us / 86_400_000_000) as Day;
+        let day = (at_us / DAY_US) as Day;
         let mut guard = self.pending.mine();
         let p = &mut *guard;
         if p.text.len() >= PENDING_BYTES {
@@ -780,14 +789,12 @@ impl AccessLog {
             self.note_dropped(site, day, 1);
             return;
         }
-        let site = p.site(site);
+        let site = p.site(site, line.opts);
         format_at(&mut p.text, line, at_us / 1_000_000, &mut p.stamp);
         p.lines.push(Waiting {
-            site,
-            day,
-            opts: line.opts,
-            end: p.text.len(),
             at_us,
+            end: p.text.len() as u32,
+            site,
         });
     }
 
@@ -809,12 +816,12 @@ impl AccessLog {
             let p = &files.spare[shard as usize];
             let (first, end) = (first as usize, end as usize);
             let last = &p.lines[end - 1];
-            let (site, day) = (&p.sites[last.site as usize], last.day);
+            let ((site, opts), day) = (&p.sites[last.site as usize], last.day());
             let n = (end - first) as u64;
             let o = match files.open.entry((site.clone(), day)) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    match open_file(&self.dir, site, day, last.opts) {
+                    match open_file(&self.dir, site, day, *opts) {
                         Ok(o) => v.insert(o),
                         Err(e) => {
                             tracing::error!(site = %site, error = %e, "cannot open access log");
@@ -826,14 +833,14 @@ impl AccessLog {
             };
             // A day's format is the one of its last line (a site's format changes with its
             // configuration).
-            o.opts = last.opts;
+            o.opts = *opts;
             let from = if first == 0 {
                 0
             } else {
-                p.lines[first - 1].end
+                p.lines[first - 1].end as usize
             };
             // A run longer than the file's buffer goes to the file without being copied.
-            match o.w.write_all(&p.text[from..last.end]) {
+            match o.w.write_all(&p.text[from..last.end as usize]) {
                 Ok(()) => written += n,
                 Err(e) => {
                     tracing::warn!(site = %site, error = %e, "access log write failed");
@@ -1213,26 +1220,26 @@ mod tests {
         assert_eq!(lines, expected);
     }
 
-    /// A shard whose lines are `(at_us, site, day)`; each line's text names its shard and index.
+    /// A shard whose lines are `(time in the day, site, day)`; each line's text names its shard
+    /// and index.
     fn shard_of(n: usize, lines: &[(u64, &str, Day)]) -> Pending {
         let mut p = Pending::default();
-        for (i, &(at_us, site, day)) in lines.iter().enumerate() {
+        for (i, &(t, site, day)) in lines.iter().enumerate() {
+            let at_us = day as u64 * DAY_US + t;
             let site: Arc<str> = site.into();
             // Sites are compared by index, the index by the `Arc`'s address: reuse the first.
             let site = p
                 .sites
                 .iter()
-                .find(|s| s.as_ref() == site.as_ref())
-                .cloned()
+                .find(|(s, _)| s.as_ref() == site.as_ref())
+                .map(|(s, _)| s.clone())
                 .unwrap_or(site);
-            let site = p.site(&site);
+            let site = p.site(&site, SiteLog::default());
             p.text.extend_from_slice(format!("{n}.{i}\n").as_bytes());
             p.lines.push(Waiting {
-                site,
-                day,
-                opts: SiteLog::default(),
-                end: p.text.len(),
                 at_us,
+                end: p.text.len() as u32,
+                site,
             });
         }
         p
@@ -1248,9 +1255,10 @@ mod tests {
                 let from = if first == 0 {
                     0
                 } else {
-                    p.lines[first as usize - 1].end
+                    p.lines[first as usize - 1].end as usize
                 };
-                String::from_utf8_lossy(&p.text[from..p.lines[end as usize - 1].end]).into_owned()
+                String::from_utf8_lossy(&p.text[from..p.lines[end as usize - 1].end as usize])
+                    .into_owned()
             })
             .collect()
     }

@@ -15,6 +15,15 @@ pub trait Clock: Send + Sync + 'static {
     fn recent(&self) -> SystemTime {
         self.now()
     }
+
+    /// [`Clock::recent`] in microseconds since the epoch (what a recorded request needs, without
+    /// the conversions).
+    fn recent_micros(&self) -> u64 {
+        self.recent()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64
+    }
 }
 
 /// The real clock.
@@ -33,6 +42,11 @@ impl Clock for SystemClock {
                 t.tv_sec.max(0) as u64,
                 t.tv_nsec.clamp(0, 999_999_999) as u32,
             )
+    }
+
+    fn recent_micros(&self) -> u64 {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        t.tv_sec.max(0) as u64 * 1_000_000 + t.tv_nsec.clamp(0, 999_999_999) as u64 / 1000
     }
 }
 

@@ -49,11 +49,7 @@ pub struct Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         // The tick clock: lines are stamped to the second and minutes are minutes.
-        let now = self.edge.clock().recent();
-        let at_us = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as u64;
+        let at_us = self.edge.clock().recent_micros();
         if let Some(mut l) = self.line.take()
             && let Some(log) = &self.edge.access_log
         {
