@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Three long-lived edges on core 0 (wrk on core 1): "off" (build A, recording nothing), "A" and
-# "B" (builds A and B, recording what RECORD_A and RECORD_B say: both, log or stats), loaded in turn, off-A-B then B-A-off, REPS times.
-# Prints each edge's requests and CPU per request per run, and the medians as ratios to "off".
+# "B" (builds A and B, recording what RECORD_A and RECORD_B say: both, log or stats), loaded in
+# turn, off-A-B then B-A-off, REPS times. Prints each edge's requests and CPU per request per
+# run, its median CPU per request split into user and system time, and the medians as ratios to
+# "off".
 # Complements bench/logging.sh (fresh edges every round): here the edges live through the whole
 # run, so a difference between two builds is not buried in process-to-process layout changes
 # round after round, but each edge keeps one layout (run it twice).

@@ -36,18 +36,23 @@ impl Clock for SystemClock {
     }
 
     fn recent(&self) -> SystemTime {
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-        UNIX_EPOCH
-            + Duration::new(
-                t.tv_sec.max(0) as u64,
-                t.tv_nsec.clamp(0, 999_999_999) as u32,
-            )
+        let (secs, nanos) = realtime_coarse();
+        UNIX_EPOCH + Duration::new(secs, nanos)
     }
 
     fn recent_micros(&self) -> u64 {
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-        t.tv_sec.max(0) as u64 * 1_000_000 + t.tv_nsec.clamp(0, 999_999_999) as u64 / 1000
+        let (secs, nanos) = realtime_coarse();
+        secs * 1_000_000 + u64::from(nanos / 1000)
     }
+}
+
+/// The kernel's tick wall clock, as seconds and nanoseconds since the epoch.
+fn realtime_coarse() -> (u64, u32) {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    (
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Milliseconds on a monotonic clock as of the kernel's last tick (1–4 ms of resolution): how
