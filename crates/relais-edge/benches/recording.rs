@@ -50,7 +50,7 @@ fn main() {
             .expect("access log");
         let minutes = Arc::new(Minutes::default());
         let site: Arc<str> = "bench".into();
-        let uri: http::Uri = "/assets/app.css?v=1".parse().expect("uri");
+        let uri = http::uri::PathAndQuery::from_static("/assets/app.css?v=1");
         let ua = http::HeaderValue::from_static(
             "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
         );

@@ -96,8 +96,9 @@ pub struct Line {
     pub at: SystemTime,
     pub ip: IpAddr,
     pub method: Method,
-    /// The request target (cheap to clone: the URI shares its buffer).
-    pub target: http::Uri,
+    /// The request target's path and query (cheap to clone: it shares the request's buffer; the
+    /// rest of the URI is not logged, and cloning it would cost more).
+    pub target: http::uri::PathAndQuery,
     pub version: Version,
     pub status: u16,
     pub bytes: u64,
@@ -107,8 +108,12 @@ pub struct Line {
     pub micros: u64,
 }
 
-fn target_str(u: &http::Uri) -> &str {
-    u.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+/// What a line says for a request target: its path and query (`/` for a target without one,
+/// such as `CONNECT`'s authority form).
+pub fn target_of(u: &http::Uri) -> http::uri::PathAndQuery {
+    u.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
 }
 
 type Day = i64;
@@ -379,7 +384,7 @@ fn format_at(s: &mut Vec<u8>, l: &Line, secs: u64, stamp: &mut Stamp) {
                 s.extend_from_slice(l.method.as_str().as_bytes());
                 s.push(b' ');
             }
-            escape(s, target_str(&l.target).as_bytes());
+            escape(s, l.target.as_str().as_bytes());
             s.extend_from_slice(version_tail(l.version));
             push_status(s, l.status);
             if l.bytes == 0 {
@@ -419,7 +424,7 @@ fn format_at(s: &mut Vec<u8>, l: &Line, secs: u64, stamp: &mut Stamp) {
             let _ = write!(s, " {ip} ");
             w(s, Some(l.method.as_str().as_bytes()));
             s.push(b' ');
-            let target = target_str(&l.target);
+            let target = l.target.as_str();
             let (stem, query) = match target.split_once('?') {
                 Some((a, b)) => (a, Some(b)),
                 None => (target, None),
@@ -1042,7 +1047,7 @@ mod tests {
             at: UNIX_EPOCH + Duration::from_secs(1_795_335_723),
             ip: "192.0.2.7".parse().expect("ip"),
             method: Method::GET,
-            target: http::Uri::from_static("/a%20b?x=%221%22"),
+            target: http::uri::PathAndQuery::from_static("/a%20b?x=%221%22"),
             version: Version::HTTP_11,
             status: 200,
             bytes: 512,
@@ -1070,6 +1075,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_logged_target_is_the_path_and_query_of_any_request_form() {
+        let of = |u: &str| target_of(&u.parse().expect("uri")).as_str().to_owned();
+        assert_eq!(of("/a/b?c=d"), "/a/b?c=d");
+        // Absolute form (sent to proxies): the scheme and host are not part of the target.
+        assert_eq!(of("http://www.example.gouv.fr/x?y"), "/x?y");
+        // Authority form (`CONNECT`) has no path.
+        assert_eq!(of("www.example.gouv.fr:443"), "/");
     }
 
     #[test]

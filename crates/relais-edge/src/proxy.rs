@@ -416,7 +416,7 @@ impl Edge {
                 referer,
                 req.method().clone(),
                 req.version(),
-                req.uri().clone(),
+                crate::accesslog::target_of(req.uri()),
             )
         });
         let ip = conn.remote.ip();

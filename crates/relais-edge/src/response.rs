@@ -50,7 +50,8 @@ impl Drop for Logged {
     fn drop(&mut self) {
         // The tick clock: lines are stamped to the second and minutes are minutes.
         let at_us = self.edge.clock().recent_micros();
-        if let Some(mut l) = self.line.take()
+        // The line is logged where it lies (moving it out would copy its 200-odd bytes).
+        if let Some(l) = &mut self.line
             && let Some(log) = &self.edge.access_log
         {
             l.bytes = self.sent;
@@ -59,12 +60,12 @@ impl Drop for Logged {
                 l.micros = crate::clock::coarse_millis().saturating_sub(self.started_ms) * 1000;
             }
             // The time goes as `at_us` (converted once for the line and the minute), not `l.at`.
-            log.log_at(&self.site.log_name, &l, at_us);
+            log.log_at(&self.site.log_name, l, at_us);
         }
-        if let Some(mut r) = self.stat.take() {
+        if let Some(r) = &mut self.stat {
             r.sent = self.sent;
             let minute = (at_us / 60_000_000) as i64;
-            self.site.metrics.minutes.record(minute, &r);
+            self.site.metrics.minutes.record(minute, r);
         }
     }
 }
