@@ -463,7 +463,7 @@ impl Edge {
         // The body is wrapped in place (the response head is not moved).
         let body = resp.body_mut();
         let inner = std::mem::replace(body, EdgeBody::Empty);
-        *body = EdgeBody::Logged(Box::new(crate::response::Logged {
+        *body = EdgeBody::Logged(crate::response::Recorded::new(crate::response::Logged {
             inner,
             sent: 0,
             started_ms,

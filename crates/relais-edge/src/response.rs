@@ -28,7 +28,61 @@ pub enum EdgeBody {
     Stream(BoxStream<'static, io::Result<Bytes>>),
     Upstream(Incoming),
     /// Another body, counted; its access-log line is written when it is finished or dropped.
-    Logged(Box<Logged>),
+    Logged(Recorded),
+}
+
+/// A [`Logged`] in a heap slot that goes back to its thread's pool when the response ends, so
+/// that recording a request allocates nothing: the slot is taken and returned in the same
+/// handful of instructions, where a fresh allocation of its size cost about 240 under mimalloc
+/// (a size class no other per-request allocation uses, so its page empties and refills on every
+/// request).
+pub struct Recorded(Option<Box<Option<Logged>>>);
+
+/// Slots kept per thread: more than the responses a worker has in flight at once in practice;
+/// beyond it, slots are freed.
+const POOLED: usize = 256;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Box<Option<Logged>>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Recorded {
+    pub fn new(l: Logged) -> Recorded {
+        let slot = POOL.with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()));
+        let slot = match slot {
+            Some(mut s) => {
+                *s = Some(l);
+                s
+            }
+            None => Box::new(Some(l)),
+        };
+        Recorded(Some(slot))
+    }
+
+    fn get(&self) -> Option<&Logged> {
+        self.0.as_deref().and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self) -> Option<&mut Logged> {
+        self.0.as_deref_mut().and_then(Option::as_mut)
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        if let Some(mut slot) = self.0.take() {
+            // Records the request (`Logged::drop`) and releases what it held.
+            *slot = None;
+            // A thread that is exiting has no pool left: the slot is simply freed.
+            let _ = POOL.try_with(|p| {
+                if let Ok(mut p) = p.try_borrow_mut()
+                    && p.len() < POOLED
+                {
+                    p.push(slot);
+                }
+            });
+        }
+    }
 }
 
 /// A body whose bytes are counted for the access log and statistics, which both record the
@@ -104,6 +158,9 @@ impl Body for EdgeBody {
                 Poll::Pending => Poll::Pending,
             },
             EdgeBody::Logged(l) => {
+                let Some(l) = l.get_mut() else {
+                    return Poll::Ready(None);
+                };
                 let r = Pin::new(&mut l.inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(f))) = &r
                     && let Some(d) = f.data_ref()
@@ -121,7 +178,7 @@ impl Body for EdgeBody {
             EdgeBody::Full(b) => b.is_none(),
             EdgeBody::Stream(_) => false,
             EdgeBody::Upstream(b) => b.is_end_stream(),
-            EdgeBody::Logged(l) => l.inner.is_end_stream(),
+            EdgeBody::Logged(l) => l.get().is_none_or(|l| l.inner.is_end_stream()),
         }
     }
 
@@ -131,7 +188,9 @@ impl Body for EdgeBody {
             EdgeBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             EdgeBody::Stream(_) => SizeHint::default(),
             EdgeBody::Upstream(b) => b.size_hint(),
-            EdgeBody::Logged(l) => l.inner.size_hint(),
+            EdgeBody::Logged(l) => l
+                .get()
+                .map_or(SizeHint::with_exact(0), |l| l.inner.size_hint()),
         }
     }
 }
