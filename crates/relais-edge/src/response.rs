@@ -43,6 +43,8 @@ pub struct Recorded(Option<Box<Option<Logged>>>);
 const POOLED: usize = 256;
 
 thread_local! {
+    // The boxes are the point: the pool keeps allocations, which are handed out and back.
+    #[allow(clippy::vec_box)]
     static POOL: std::cell::RefCell<Vec<Box<Option<Logged>>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
