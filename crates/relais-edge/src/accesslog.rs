@@ -35,10 +35,11 @@ use crate::clock::SharedClock;
 /// counted): about 20 000 lines, 2 seconds of a busy thread with a stalled disk.
 const PENDING_BYTES: usize = 4 << 20;
 
-/// How often the writer takes the threads' lines while requests come. Each tick has a fixed
-/// cost, mostly in the kernel (waking, then a write into the page cache whose structures the
-/// requests have pushed out of the core's caches since the last tick): at 5 ms the writer spent
-/// 0.31–0.34 µs of CPU per 1 KiB hit, at 20 ms 0.18–0.20, at 50 ms 0.12. Longer ticks also mean
+/// How often the writer takes the threads' lines while requests come. Nearly all the writer's
+/// CPU is the kernel's work in its `write` calls (skipping them leaves 0.02–0.05 µs per hit),
+/// and a call costs much more than its bytes alone (the page cache's structures are cold at
+/// each tick), so fewer, larger writes are cheaper: at 5 ms the writer spent 0.31–0.34 µs of
+/// CPU per 1 KiB hit, at 20 ms 0.18–0.20, at 50 ms 0.12. Longer ticks also mean
 /// larger thread buffers (about 170 KB at 100 000 requests per second for 20 ms) that the request
 /// core streams through; measured end to end, 20 ms beat 5 ms by 1.4 % of throughput and 50 ms
 /// did not beat 20 ms (BENCHMARKS.md). It also bounds what a crash can lose.
