@@ -7,8 +7,10 @@
 //!   buffer of its own (see [`crate::shard`]: no lock shared with other request threads, no
 //!   allocation per line, no reference kept to the request's buffers), and one writer thread
 //!   takes the buffers every 20 ms while requests come (50 ms when idle), merges the threads'
-//!   lines back into completion order and appends them to the files by runs (all the lines of
-//!   one thread between two lines of another, one site and day: one copy each, none per line).
+//!   lines back into completion order and gathers them per file by runs (all the lines of one
+//!   thread between two lines of another, one site and day: one copy each, none per line); a
+//!   file's lines are written in pieces of about 256 KiB, or once the oldest has waited 80 ms.
+//!   A piece the disk refuses is counted as dropped, line for line.
 //!   Lines are stamped with the kernel's tick clock ([`crate::clock::Clock::recent`]).
 //!   When a buffer is full (disk full, writer behind) the line is dropped and counted, per site
 //!   and day, and the manifest of that day says it is incomplete.
@@ -570,9 +572,22 @@ pub fn close_day(
 }
 
 struct Open {
-    w: BufWriter<File>,
+    f: File,
+    /// Lines gathered for one larger write (a busy file is written in pieces of about
+    /// [`GATHER_BYTES`]: the kernel's work per `write` call is much more than its bytes).
+    buf: Vec<u8>,
+    /// Lines in `buf`.
+    lines: u64,
+    /// When `buf` took its first line ([`crate::clock::coarse_millis`]).
+    since_ms: u64,
     opts: SiteLog,
 }
+
+/// A file's gathered lines are written once they reach this size...
+const GATHER_BYTES: usize = 256 * 1024;
+/// ...or once the oldest has waited this long (with the tick, lines reach the operating system
+/// within about 100 ms).
+const GATHER_MS: u64 = 80;
 
 /// One formatted line waiting in a thread's buffer: 16 bytes, written for every request (the
 /// day is the completion time's, the log options are the site entry's).
@@ -807,8 +822,15 @@ impl AccessLog {
         });
     }
 
-    /// Writes every line formatted so far and flushes the files; returns how many lines it took.
+    /// Writes every line formatted so far to the files; returns how many lines it took.
     pub fn flush(&self) -> usize {
+        self.write_batch(true)
+    }
+
+    /// Takes the threads' lines; writes a file's lines once enough are gathered or the oldest
+    /// has waited long enough, or every file's when `all`. Returns how many lines it took.
+    fn write_batch(&self, all: bool) -> usize {
+        let now_ms = crate::clock::coarse_millis();
         let mut files = lock(&self.files);
         let files = &mut *files;
         let shards = crate::shard::count();
@@ -820,7 +842,6 @@ impl AccessLog {
         });
         plan(&files.spare, &mut files.order, &mut files.runs);
         let taken = files.spare.iter().map(|p| p.lines.len()).sum();
-        let mut written = 0;
         for &(shard, first, end) in &files.runs {
             let p = &files.spare[shard as usize];
             let (first, end) = (first as usize, end as usize);
@@ -848,25 +869,41 @@ impl AccessLog {
             } else {
                 p.lines[first - 1].end as usize
             };
-            // A run longer than the file's buffer goes to the file without being copied.
-            match o.w.write_all(&p.text[from..last.end as usize]) {
-                Ok(()) => written += n,
-                Err(e) => {
-                    tracing::warn!(site = %site, error = %e, "access log write failed");
-                    self.note_dropped(site, day, n);
-                }
+            if o.lines == 0 {
+                o.since_ms = now_ms;
             }
+            o.buf.extend_from_slice(&p.text[from..last.end as usize]);
+            o.lines += n;
         }
-        self.written.fetch_add(written, Ordering::Relaxed);
         for p in &mut files.spare {
             p.clear();
         }
-        for o in files.open.values_mut() {
-            if let Err(e) = o.w.flush() {
-                tracing::warn!(error = %e, "access log flush failed");
+        for ((site, day), o) in files.open.iter_mut() {
+            let full = o.buf.len() >= GATHER_BYTES;
+            if o.lines > 0 && (all || full || now_ms.saturating_sub(o.since_ms) >= GATHER_MS) {
+                self.write_out(site, *day, o);
+                // A quiet file gives its memory back; a busy one keeps its buffer.
+                if !full && o.buf.capacity() > 64 * 1024 {
+                    o.buf = Vec::new();
+                }
             }
         }
         taken
+    }
+
+    /// Writes a file's gathered lines; if the write fails they are counted as dropped.
+    fn write_out(&self, site: &Arc<str>, day: Day, o: &mut Open) {
+        match o.f.write_all(&o.buf) {
+            Ok(()) => {
+                self.written.fetch_add(o.lines, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(site = %site, error = %e, "access log write failed");
+                self.note_dropped(site, day, o.lines);
+            }
+        }
+        o.buf.clear();
+        o.lines = 0;
     }
 
     /// Closes the days that are over (past midnight plus the grace period).
@@ -883,8 +920,8 @@ impl AccessLog {
             let Some(mut o) = files.open.remove(&key) else {
                 continue;
             };
-            let _ = o.w.flush();
-            drop(o.w);
+            self.write_out(&key.0, key.1, &mut o);
+            drop(o.f);
             let dropped = self.take_dropped(&key.0, key.1);
             match close_day(&self.dir, &key.0, key.1, o.opts, dropped) {
                 Ok(m) => {
@@ -935,17 +972,21 @@ fn open_file(dir: &Path, site: &str, day: Day, opts: SiteLog) -> io::Result<Open
     }
     let f = OpenOptions::new().create(true).append(true).open(&log)?;
     let fresh = f.metadata()?.len() == 0;
-    // Small: it only gathers short runs (a quiet site, threads interleaving) into one write; a
-    // run at least this long goes to the file straight from the thread's buffer, uncopied.
-    let mut w = BufWriter::with_capacity(8 * 1024, f);
+    let mut f = f;
     if fresh && opts.format == LogFormat::W3c {
         write!(
-            w,
+            f,
             "#Version: 1.0\n#Software: Relais\n#Date: {} 00:00:00\n#Fields: {W3C_FIELDS}\n",
             date_string(day)
         )?;
     }
-    Ok(Open { w, opts })
+    Ok(Open {
+        f,
+        buf: Vec::new(),
+        lines: 0,
+        since_ms: 0,
+        opts,
+    })
 }
 
 /// Plain `.log` files of days before `today` (left by a crash or a stop before the day closed).
@@ -1033,7 +1074,7 @@ fn writer(log: std::sync::Weak<AccessLog>) {
         // never pay for a thread wake-up.
         std::thread::sleep(if busy { TICK } else { IDLE_TICK });
         let Some(owner) = log.upgrade() else { break };
-        busy = owner.flush() > 0;
+        busy = owner.write_batch(false) > 0;
         owner.close_days();
     }
 }
@@ -1321,6 +1362,29 @@ mod tests {
         );
         // Every line is planned exactly once.
         assert!(planned(&[Pending::default(), Pending::default()]).is_empty());
+    }
+
+    /// A disk that fills (here the day's file is `/dev/full`) loses the lines it could not take,
+    /// and they are counted as dropped for their site and day, not as written.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn lines_a_full_disk_refuses_are_counted_as_dropped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+        let log = AccessLog::without_writer(dir.path().into(), clock, Duration::ZERO).expect("log");
+        let site: Arc<str> = "s".into();
+        let l = line(LogFormat::Combined);
+        let day = day_of(l.at);
+        let (file, _, _) = paths(dir.path(), "s", &date_string(day));
+        fs::create_dir_all(file.parent().expect("parent")).expect("dir");
+        std::os::unix::fs::symlink("/dev/full", &file).expect("symlink");
+        for _ in 0..7 {
+            log.log(&site, &l);
+        }
+        assert_eq!(log.flush(), 7);
+        assert_eq!(log.written.load(Ordering::Relaxed), 0);
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 7);
+        assert_eq!(log.take_dropped(&site, day), 7);
     }
 
     #[test]
