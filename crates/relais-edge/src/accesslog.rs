@@ -44,7 +44,7 @@ const PENDING_BYTES: usize = 4 << 20;
 /// CPU per 1 KiB hit, at 20 ms 0.18–0.20, at 50 ms 0.12. Longer ticks also mean
 /// larger thread buffers (about 170 KB at 100 000 requests per second for 20 ms) that the request
 /// core streams through; measured end to end, 20 ms beat 5 ms by 1.4 % of throughput and 50 ms
-/// did not beat 20 ms (BENCHMARKS.md). It also bounds what a crash can lose.
+/// did not beat 20 ms (BENCHMARKS.md).
 const TICK: Duration = Duration::from_millis(20);
 
 /// The writer's tick when the last one found no line (an idle edge wakes it 20 times a second).
