@@ -35,7 +35,9 @@ pub enum EdgeBody {
 /// that recording a request allocates nothing: the slot is taken and returned in the same
 /// handful of instructions, where a fresh allocation of its size cost about 240 under mimalloc
 /// (a size class no other per-request allocation uses, so its page empties and refills on every
-/// request).
+/// request). Both options are `Some` from `new` to `drop`: the inner one is emptied to record
+/// the request, the outer one to hand the slot back (safe code cannot move a box out of `&mut
+/// self` otherwise).
 pub struct Recorded(Option<Box<Option<Logged>>>);
 
 /// Slots kept per thread: more than the responses a worker has in flight at once in practice;
