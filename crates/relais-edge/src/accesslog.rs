@@ -9,9 +9,8 @@
 //!   takes the buffers every 20 ms while requests come (50 ms when idle), merges the threads'
 //!   lines back into completion order and gathers them per file by runs (all the lines of one
 //!   thread between two lines of another, one site and day: one copy each, none per line); a
-//!   file's lines are written in pieces of about 256 KiB, or once the oldest has waited 80 ms:
-//!   whole blocks with direct I/O where the file system allows it, the last part block through
-//!   the page cache (see [`put`]). A piece the disk refuses is counted as dropped, line for line.
+//!   file's lines are written in pieces of about 256 KiB, or once the oldest has waited 80 ms.
+//!   A piece the disk refuses is counted as dropped, line for line.
 //!   Lines are stamped with the kernel's tick clock ([`crate::clock::Clock::recent`]).
 //!   When a buffer is full (disk full, writer behind) the line is dropped and counted, per site
 //!   and day, and the manifest of that day says it is incomplete.
@@ -38,14 +37,16 @@ use crate::clock::SharedClock;
 /// counted): about 20 000 lines, 2 seconds of a busy thread with a stalled disk.
 const PENDING_BYTES: usize = 4 << 20;
 
-/// How often the writer takes the threads' lines while requests come. When each tick wrote
-/// its lines at once through the page cache, small writes cost much more per byte than large
-/// ones: at 5 ms the writer spent 0.31–0.34 µs of CPU per 1 KiB hit, at 20 ms 0.18–0.20, at
-/// 50 ms 0.12, and end to end 20 ms beat 5 ms by 1.4 % of throughput (50 ms did not beat
-/// 20 ms). Since lines are gathered into pieces of [`GATHER_BYTES`] written with direct I/O,
-/// the tick no longer sets the size of the writes: 5 ms and 20 ms measure the same (+0.3 %,
-/// noise; BENCHMARKS.md). Longer ticks mean larger thread buffers (about 170 KB at 100 000
-/// requests per second for 20 ms).
+/// How often the writer takes the threads' lines while requests come. Nearly all the writer's
+/// CPU is the kernel's work in its `write` calls (skipping them leaves 0.02–0.05 µs per hit),
+/// and a small call costs much more per byte than a large one (5 to 12 times what `dd` pays
+/// here), so fewer, larger writes are cheaper: at 5 ms the writer spent 0.31–0.34 µs of
+/// CPU per 1 KiB hit, at 20 ms 0.18–0.20, at 50 ms 0.12. Longer ticks also mean
+/// larger thread buffers (about 170 KB at 100 000 requests per second for 20 ms) that the request
+/// core streams through. End to end, 20 ms beat 5 ms by 1.4 % of throughput and 50 ms did not
+/// beat 20 ms, but by comparing binaries run from files of different histories, which was
+/// later found to move results by several per cent (BENCHMARKS.md): the figures per thread,
+/// not those, are why the tick is 20 ms.
 const TICK: Duration = Duration::from_millis(20);
 
 /// The writer's tick when the last one found no line (an idle edge wakes it 20 times a second).
@@ -573,116 +574,15 @@ pub fn close_day(
 }
 
 struct Open {
-    /// The file through the page cache: for the last, partial block of each write, and for
-    /// everything where direct I/O is refused.
     f: File,
-    /// The same file opened with `O_DIRECT`, for whole blocks (`None` where the file system
-    /// refuses it).
-    direct: Option<File>,
-    /// The file's bytes before `buf`: whole blocks, so `buf` starts block-aligned in the file.
-    base: u64,
-    /// The file's bytes from `base` on, followed by lines gathered for one larger write (a busy
-    /// file is written in pieces of about [`GATHER_BYTES`]: the kernel's work per `write` call is
-    /// much more than its bytes). Its first `carried` bytes are already in the file: the part
-    /// block that the last write ended with, written again, whole, by the next direct write.
+    /// Lines gathered for one larger write (a busy file is written in pieces of about
+    /// [`GATHER_BYTES`]: the kernel's work per `write` call is much more than its bytes).
     buf: Vec<u8>,
-    carried: usize,
-    /// Lines in `buf` (after `carried`).
+    /// Lines in `buf`.
     lines: u64,
     /// When `buf` took its first line ([`crate::clock::coarse_millis`]).
     since_ms: u64,
     opts: SiteLog,
-}
-
-/// Direct writes go by whole blocks of this size, from buffers aligned to it (4 KiB covers the
-/// logical block size of every disk and file system in use).
-const BLOCK: usize = 4096;
-
-/// The largest direct write, and the size of the aligned buffer it is copied into.
-const STAGE: usize = 512 * 1024;
-
-/// An aligned buffer for direct writes, allocated at the first one (the writer is the only
-/// user: it holds the files' lock).
-#[derive(Default)]
-struct Stage {
-    mem: Vec<u8>,
-    start: usize,
-}
-
-impl Stage {
-    fn get(&mut self) -> &mut [u8] {
-        if self.mem.is_empty() {
-            self.mem = vec![0; STAGE + BLOCK];
-            self.start = (BLOCK - self.mem.as_ptr() as usize % BLOCK) % BLOCK;
-        }
-        &mut self.mem[self.start..self.start + STAGE]
-    }
-}
-
-/// Writes the gathered bytes of `o` to its file: whole blocks with direct I/O (the kernel
-/// moves them to the disk without copying them into the page cache, which was most of the
-/// writer's CPU, nor writing them back later), the last part block through the page cache, so
-/// that every line is in the file when this returns. Where direct I/O is refused, everything
-/// goes through the page cache.
-fn put(o: &mut Open, stage: &mut Stage) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    if let Some(d) = &o.direct {
-        let whole = o.buf.len() / BLOCK * BLOCK;
-        let mut done = 0;
-        while done < whole {
-            let n = (whole - done).min(STAGE);
-            let piece = &o.buf[done..done + n];
-            let at = o.base + done as u64;
-            let res = if (piece.as_ptr() as usize).is_multiple_of(BLOCK) {
-                d.write_all_at(piece, at)
-            } else {
-                let s = &mut stage.get()[..n];
-                s.copy_from_slice(piece);
-                d.write_all_at(s, at)
-            };
-            match res {
-                Ok(()) => done += n,
-                // The file system wants other alignments, or no direct I/O at all.
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                    tracing::info!(error = %e, "direct I/O refused: the access log goes through the page cache");
-                    o.direct = None;
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        o.base += done as u64;
-        o.buf.drain(..done);
-        o.carried = o.carried.saturating_sub(done);
-    }
-    if o.buf.len() > o.carried {
-        o.f.write_all_at(&o.buf[o.carried..], o.base + o.carried as u64)?;
-    }
-    if o.direct.is_none() {
-        o.base += o.buf.len() as u64;
-        o.buf.clear();
-    }
-    o.carried = o.buf.len();
-    Ok(())
-}
-
-/// Sets `o` back to what its file holds (after a failed write, which may have written part of
-/// the bytes).
-fn resync(o: &mut Open) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let len = o.f.metadata()?.len();
-    let block = BLOCK as u64;
-    o.base = if o.direct.is_some() {
-        len / block * block
-    } else {
-        len
-    };
-    o.buf.clear();
-    o.buf.resize((len - o.base) as usize, 0);
-    o.carried = 0;
-    o.f.read_exact_at(&mut o.buf, o.base)?;
-    o.carried = o.buf.len();
-    Ok(())
 }
 
 /// A file's gathered lines are written once they reach this size...
@@ -693,7 +593,6 @@ const GATHER_MS: u64 = 80;
 
 /// One formatted line waiting in a thread's buffer: 16 bytes, written for every request (the
 /// day is the completion time's, the log options are the site entry's).
-#[derive(Clone, Copy)]
 struct Waiting {
     /// Completion time in microseconds, to merge the threads' lines in order.
     at_us: u64,
@@ -712,23 +611,11 @@ impl Waiting {
     }
 }
 
-/// Lines are formatted into a small buffer first and moved to the thread's text once it holds
-/// this much.
-const FRONT: usize = 4096;
-
 /// A request thread's formatted lines.
 #[derive(Default)]
 struct Pending {
     text: Vec<u8>,
-    /// The latest lines, before they join `text`: a line is formatted into memory the thread
-    /// wrote moments ago, still in its cache. Formatted straight into `text`, which streams
-    /// through memory untouched for tens of milliseconds, each line's stores missed the cache,
-    /// and the lock's release (an atomic exchange, which waits for every earlier store) waited
-    /// for them: most of `log_at`'s time. Moved by one copy of `FRONT` bytes now and then.
-    front: Vec<u8>,
     lines: Vec<Waiting>,
-    /// The front lines' entries, moved to `lines` with them (for the same reason).
-    front_lines: Vec<Waiting>,
     /// The sites of these lines with their log options (each request's own `Arc`, compared by
     /// address: cloned once per site and batch rather than once per line).
     sites: Vec<(Arc<str>, SiteLog)>,
@@ -754,19 +641,9 @@ impl Pending {
         i
     }
 
-    /// Moves the front lines to the text.
-    fn settle(&mut self) {
-        self.text.extend_from_slice(&self.front);
-        self.front.clear();
-        self.lines.extend_from_slice(&self.front_lines);
-        self.front_lines.clear();
-    }
-
     fn clear(&mut self) {
         self.text.clear();
-        self.front.clear();
         self.lines.clear();
-        self.front_lines.clear();
         self.sites.clear();
         self.site_index.clear();
     }
@@ -781,7 +658,6 @@ struct Files {
     order: Vec<(u64, u32, u32)>,
     /// Runs of lines to write: shard, first line, end.
     runs: Vec<(u32, u32, u32)>,
-    stage: Stage,
 }
 
 /// Puts the shards' lines in completion order as runs `(shard, first, end)` of lines that are
@@ -940,15 +816,12 @@ impl AccessLog {
             return;
         }
         let site = p.site(site, line.opts);
-        format_at(&mut p.front, line, at_us / 1_000_000, &mut p.stamp);
-        p.front_lines.push(Waiting {
+        format_at(&mut p.text, line, at_us / 1_000_000, &mut p.stamp);
+        p.lines.push(Waiting {
             at_us,
-            end: (p.text.len() + p.front.len()) as u32,
+            end: p.text.len() as u32,
             site,
         });
-        if p.front.len() >= FRONT {
-            p.settle();
-        }
     }
 
     /// Writes every line formatted so far to the files; returns how many lines it took.
@@ -969,9 +842,6 @@ impl AccessLog {
             std::mem::swap(p, &mut files.spare[i]);
             i += 1;
         });
-        for p in &mut files.spare {
-            p.settle();
-        }
         plan(&files.spare, &mut files.order, &mut files.runs);
         let taken = files.spare.iter().map(|p| p.lines.len()).sum();
         for &(shard, first, end) in &files.runs {
@@ -1012,40 +882,35 @@ impl AccessLog {
         }
         for ((site, day), o) in files.open.iter_mut() {
             if o.lines == 0 {
-                // A file that took no line since its last write gives its memory back (it keeps
-                // its part block). A busy one keeps its buffer: a buffer allocated again is
-                // fresh memory, and under load its page faults (a huge page zeroed at a time)
-                // cost the writer more than the writes.
+                // A file that took no line since its last write gives its memory back. A busy
+                // one keeps its buffer: a buffer allocated again is fresh memory, and under
+                // load its page faults (a huge page zeroed at a time) were a fifth of the
+                // writer's CPU.
                 if o.buf.capacity() > 64 * 1024 {
-                    o.buf.shrink_to(BLOCK);
+                    o.buf = Vec::new();
                 }
             } else if all
                 || o.buf.len() >= GATHER_BYTES
                 || now_ms.saturating_sub(o.since_ms) >= GATHER_MS
             {
-                self.write_out(site, *day, o, &mut files.stage);
+                self.write_out(site, *day, o);
             }
         }
         taken
     }
 
     /// Writes a file's gathered lines; if the write fails they are counted as dropped.
-    fn write_out(&self, site: &Arc<str>, day: Day, o: &mut Open, stage: &mut Stage) {
-        if o.lines == 0 {
-            return;
-        }
-        match put(o, stage) {
+    fn write_out(&self, site: &Arc<str>, day: Day, o: &mut Open) {
+        match o.f.write_all(&o.buf) {
             Ok(()) => {
                 self.written.fetch_add(o.lines, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::warn!(site = %site, error = %e, "access log write failed");
                 self.note_dropped(site, day, o.lines);
-                if let Err(e) = resync(o) {
-                    tracing::error!(site = %site, error = %e, "cannot read the access log back");
-                }
             }
         }
+        o.buf.clear();
         o.lines = 0;
     }
 
@@ -1063,11 +928,10 @@ impl AccessLog {
             let Some(mut o) = files.open.remove(&key) else {
                 continue;
             };
-            self.write_out(&key.0, key.1, &mut o, &mut files.stage);
-            let opts = o.opts;
-            drop(o);
+            self.write_out(&key.0, key.1, &mut o);
+            drop(o.f);
             let dropped = self.take_dropped(&key.0, key.1);
-            match close_day(&self.dir, &key.0, key.1, opts, dropped) {
+            match close_day(&self.dir, &key.0, key.1, o.opts, dropped) {
                 Ok(m) => {
                     self.days_closed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(site = %m.site, date = %m.date, lines = m.lines, dropped = m.dropped, "access log day closed");
@@ -1114,37 +978,22 @@ fn open_file(dir: &Path, site: &str, day: Day, opts: SiteLog) -> io::Result<Open
     if let Some(p) = log.parent() {
         fs::create_dir_all(p)?;
     }
-    let mut open = OpenOptions::new();
-    open.read(true).write(true).create(true);
-    let f = open.open(&log)?;
-    let direct = {
-        use std::os::unix::fs::OpenOptionsExt;
-        open.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(&log)
-            .ok()
-    };
-    let mut o = Open {
+    let mut f = OpenOptions::new().create(true).append(true).open(&log)?;
+    let fresh = f.metadata()?.len() == 0;
+    if fresh && opts.format == LogFormat::W3c {
+        write!(
+            f,
+            "#Version: 1.0\n#Software: Relais\n#Date: {} 00:00:00\n#Fields: {W3C_FIELDS}\n",
+            date_string(day)
+        )?;
+    }
+    Ok(Open {
         f,
-        direct,
-        base: 0,
         buf: Vec::new(),
-        carried: 0,
         lines: 0,
         since_ms: 0,
         opts,
-    };
-    // The file's last part block, if a previous run left one.
-    resync(&mut o)?;
-    if o.base == 0 && o.buf.is_empty() && opts.format == LogFormat::W3c {
-        let header = format!(
-            "#Version: 1.0\n#Software: Relais\n#Date: {} 00:00:00\n#Fields: {W3C_FIELDS}\n",
-            date_string(day)
-        );
-        std::os::unix::fs::FileExt::write_all_at(&o.f, header.as_bytes(), 0)?;
-        o.buf.extend_from_slice(header.as_bytes());
-        o.carried = o.buf.len();
-    }
-    Ok(o)
+    })
 }
 
 /// Plain `.log` files of days before `today` (left by a crash or a stop before the day closed).
@@ -1393,10 +1242,7 @@ mod tests {
         let site: Arc<str> = "s".into();
         let base = 1_795_335_723u64;
         let threads = 4u64;
-        // Enough for each thread's front buffer to be moved to its text a few times, and to
-        // hold lines still when the writer takes them.
-        let per = 150u64;
-        assert!(per * 60 > 2 * FRONT as u64);
+        let per = 50u64;
         // Thread t logs seconds t, t+4, t+8, ...: only a merge gives one ordered file.
         let run = |round: u64| {
             std::thread::scope(|sc| {
@@ -1546,65 +1392,6 @@ mod tests {
         assert_eq!(log.written.load(Ordering::Relaxed), 0);
         assert_eq!(log.dropped.load(Ordering::Relaxed), 7);
         assert_eq!(log.take_dropped(&site, day), 7);
-    }
-
-    /// Gathered bytes of every size, written by whole blocks with direct I/O (where the file
-    /// system takes it) and part blocks through the page cache, or all through the page cache,
-    /// make exactly the file the lines make, also across a reopening (a restarted edge goes on
-    /// after the part block the last run left).
-    #[test]
-    fn direct_and_page_cache_writes_make_the_same_file_across_reopenings() {
-        for use_direct in [true, false] {
-            let dir = tempfile::tempdir().expect("tmp");
-            let opts = SiteLog {
-                format: LogFormat::W3c,
-                truncate_ip: false,
-            };
-            let mut stage = Stage::default();
-            let mut expected = Vec::new();
-            // Sizes around the block size, a large piece (more than the stage holds) and tiny
-            // ones; a reopening between every round.
-            let sizes = [
-                1,
-                BLOCK - 1,
-                1,
-                BLOCK,
-                3 * BLOCK + 17,
-                STAGE + BLOCK + 5,
-                10,
-                0,
-                700,
-            ];
-            let mut direct_seen = false;
-            for round in 0..3 {
-                let mut o = open_file(dir.path(), "s", 100, opts).expect("open");
-                if round == 0 {
-                    expected.extend_from_slice(&o.buf);
-                }
-                if !use_direct {
-                    o.direct = None;
-                }
-                for (i, n) in sizes.iter().enumerate() {
-                    let piece: Vec<u8> = (0..*n)
-                        .map(|k| b'a' + ((k + i + round) % 26) as u8)
-                        .collect();
-                    o.buf.extend_from_slice(&piece);
-                    expected.extend_from_slice(&piece);
-                    put(&mut o, &mut stage).expect("put");
-                    direct_seen |= o.direct.is_some() && o.base > 0;
-                    let (file, _, _) = paths(dir.path(), "s", &date_string(100));
-                    assert_eq!(
-                        fs::read(&file).expect("read"),
-                        expected,
-                        "round {round} piece {i}"
-                    );
-                    assert!(o.carried < BLOCK || o.direct.is_none());
-                }
-            }
-            if !use_direct {
-                assert!(!direct_seen);
-            }
-        }
     }
 
     #[test]
