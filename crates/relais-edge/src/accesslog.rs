@@ -37,16 +37,14 @@ use crate::clock::SharedClock;
 /// counted): about 20 000 lines, 2 seconds of a busy thread with a stalled disk.
 const PENDING_BYTES: usize = 4 << 20;
 
-/// How often the writer takes the threads' lines while requests come. Nearly all the writer's
-/// CPU is the kernel's work in its `write` calls (skipping them leaves 0.02–0.05 µs per hit),
-/// and a small call costs much more per byte than a large one (5 to 12 times what `dd` pays
-/// here), so fewer, larger writes are cheaper: at 5 ms the writer spent 0.31–0.34 µs of
-/// CPU per 1 KiB hit, at 20 ms 0.18–0.20, at 50 ms 0.12. Longer ticks also mean
-/// larger thread buffers (about 170 KB at 100 000 requests per second for 20 ms) that the request
-/// core streams through. End to end, 20 ms beat 5 ms by 1.4 % of throughput and 50 ms did not
-/// beat 20 ms, but by comparing binaries run from files of different histories, which was
-/// later found to move results by several per cent (BENCHMARKS.md): the figures per thread,
-/// not those, are why the tick is 20 ms.
+/// How often the writer takes the threads' lines while requests come. It was set to 20 ms
+/// (from 5 ms) when each tick wrote what it took: a small `write` costs the kernel much more
+/// per byte than a large one, and the writer thread spent 0.31–0.34 µs of CPU per 1 KiB hit at
+/// 5 ms, 0.18–0.20 at 20 ms (per thread, from `/proc`). Since files gather their lines into
+/// pieces of [`GATHER_BYTES`], the tick no longer sets the size of the writes, only how large
+/// the threads' buffers grow (about 170 KB at 100 000 requests per second) and how often the
+/// writer wakes; no unbiased end-to-end comparison of ticks has been made since
+/// (BENCHMARKS.md, 2026-12-06 evening).
 const TICK: Duration = Duration::from_millis(20);
 
 /// The writer's tick when the last one found no line (an idle edge wakes it 20 times a second).
