@@ -421,7 +421,7 @@ impl Edge {
         });
         let ip = conn.remote.ip();
         let mut routed = Routed::default();
-        let mut resp = self.clone().handle_inner(req, conn, &mut routed).await;
+        let mut resp = self.handle_inner(req, conn, &mut routed).await;
         let Some(rt) = routed.site else {
             return resp;
         };
@@ -507,7 +507,7 @@ impl Edge {
     }
 
     async fn handle_inner(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         conn: ConnInfo,
         routed: &mut Routed,
