@@ -615,9 +615,9 @@ const PREFETCH_BYTES: usize = 384;
 
 /// Asks the processor for the memory the thread's next line will be written to, while the next
 /// request is handled. That memory was last touched a tick ago (the buffers are swapped with the
-/// writer's) and has usually left the cache: writing a line into it made the shard lock's
-/// release wait for the stores' cache misses, four fifths of `log_at`'s time in perf
-/// (0.14–0.19 µs per request); with the lines fetched ahead, `log_at` takes 0.05.
+/// writer's) and has usually left the cache: `log_at` took 0.18–0.19 µs per request in perf,
+/// four fifths of it in the shard lock's release waiting for the line's cache-missing stores;
+/// with the memory fetched ahead it takes 0.05.
 fn prefetch_next(p: &mut Pending) {
     let spare = p.text.spare_capacity_mut();
     for byte in spare.iter().take(PREFETCH_BYTES).step_by(64) {
