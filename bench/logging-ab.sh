@@ -28,11 +28,11 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/relais-logab.XXXXXX")
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
 trap cleanup EXIT
-# Fresh copies made together (see bench/logging.sh: a binary's file history moves results).
-cp "$A" "$WORK/relais-a"; cp "$A" "$WORK/relais-origin"
-[ "$B" = "$A" ] && B=$WORK/relais-a || { cp "$B" "$WORK/relais-b"; B=$WORK/relais-b; }
-A=$WORK/relais-a
 . bench/lib.sh
+# Fresh copies (see `fresh_copies`); with B unset, or the same file as A, one copy runs both.
+fresh_copies "$WORK" "$A" relais-a "$A" relais-origin
+[ "$B" = "$A" ] && B=$WORK/relais-a || { fresh_copies "$WORK" "$B" relais-b; B=$WORK/relais-b; }
+A=$WORK/relais-a
 OP=$(free_port); PORTS=("$(free_port)" "$(free_port)" "$(free_port)")
 "$WORK/relais-origin" demo-origin --listen "127.0.0.1:$OP" >/dev/null 2>&1 & PIDS+=($!)
 EPIDS=()

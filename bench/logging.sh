@@ -45,17 +45,12 @@ PIDS=()
 OFF_PID=""; ON_PID=""
 cleanup() { for p in "${PIDS[@]}" $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$WORK"; }
 trap cleanup EXIT
-# The edges run fresh copies of their binaries, made the same way at the same moment: the
-# state of a binary's file in the page cache changes its speed by several per cent (a build
-# just written to target/release beat an older copy by ~5 % whichever of the two was the
-# newer code; two builds copied together gave the same ratio with their places swapped), so
-# comparing builds run from files of different histories measured the files. Without
-# BASELINE both edges run the same copy.
-cp "$BIN" "$WORK/relais-on"; cp "$BIN" "$WORK/relais-origin"
-OFF_COPY=$WORK/relais-on
-[ -n "${BASELINE:-}" ] && { cp "$OFF_BIN" "$WORK/relais-off"; OFF_COPY=$WORK/relais-off; }
-BIN=$WORK/relais-on; OFF_BIN=$OFF_COPY
 . bench/lib.sh
+# Fresh copies (see `fresh_copies`); without BASELINE both edges run the same copy.
+fresh_copies "$WORK" "$BIN" relais-on "$BIN" relais-origin
+OFF_COPY=$WORK/relais-on
+[ -n "${BASELINE:-}" ] && { fresh_copies "$WORK" "$OFF_BIN" relais-off; OFF_COPY=$WORK/relais-off; }
+BIN=$WORK/relais-on; OFF_BIN=$OFF_COPY
 OPORT=$(free_port); OFF=$(free_port); ON=$(free_port)
 "$WORK/relais-origin" demo-origin --listen "127.0.0.1:$OPORT" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do

@@ -36,9 +36,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --release --quiet -p relais
-# A fresh copy, as bench/logging.sh does: a binary's file history in the page cache moves its
-# speed by several per cent, so every run starts from the same kind of file.
-cp target/release/relais "$WORK/relais"
+. bench/lib.sh
+fresh_copies "$WORK" target/release/relais relais
 BIN=$WORK/relais
 
 ORIGIN=127.0.0.1:18081

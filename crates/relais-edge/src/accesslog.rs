@@ -43,8 +43,8 @@ const PENDING_BYTES: usize = 4 << 20;
 /// 5 ms, 0.18–0.20 at 20 ms (per thread, from `/proc`). Since files gather their lines into
 /// pieces of [`GATHER_BYTES`], the tick no longer sets the size of the writes, only how large
 /// the threads' buffers grow (about 170 KB at 100 000 requests per second) and how often the
-/// writer wakes; no unbiased end-to-end comparison of ticks has been made since
-/// (BENCHMARKS.md, 2026-12-06 evening).
+/// writer wakes. Compared since with edges interleaved (BENCHMARKS.md, 2026-12-06 session 21):
+/// 2 ms was worse (its wake-ups cost more than warmer buffers save), 10 ms no different.
 const TICK: Duration = Duration::from_millis(20);
 
 /// The writer's tick when the last one found no line (an idle edge wakes it 20 times a second).
