@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use relais_edge::accesslog::{AccessLog, Line, LogFormat, SiteLog};
+use relais_edge::accesslog::{AccessLog, Entry, LogFormat, RequestText, SiteLog};
 use relais_edge::clock::{SharedClock, SystemClock};
 use relais_edge::stats::{Minutes, Request, classify, visitor_hash};
 
@@ -75,6 +75,7 @@ fn main() {
                     let clock = clock.clone();
                     s.spawn(move || {
                         let mut n = 0u64;
+                        let mut text = RequestText::default();
                         let until = Instant::now() + Duration::from_secs(seconds);
                         while Instant::now() < until {
                             for i in 0..1000u32 {
@@ -83,25 +84,34 @@ fn main() {
                                 let started_ms = relais_edge::clock::coarse_millis();
                                 let now = clock.recent();
                                 if log_on {
-                                    let line = Line {
+                                    // As the edge does: the request's side escaped into a
+                                    // buffer kept from request to request, the rest at the end.
+                                    text.set(
+                                        &http::Method::GET,
+                                        uri.as_str().as_bytes(),
+                                        http::Version::HTTP_11,
+                                        Some(referer.as_bytes()),
+                                        Some(ua.as_bytes()),
+                                    );
+                                    let entry = Entry {
                                         opts: SiteLog {
                                             format: LogFormat::Combined,
                                             truncate_ip: false,
                                         },
-                                        at: now,
                                         ip,
-                                        method: http::Method::GET,
-                                        target: uri.clone(),
-                                        version: http::Version::HTTP_11,
+                                        request: &text,
                                         status: 200,
                                         bytes: 1024,
-                                        referer: Some(referer.clone()),
-                                        user_agent: Some(ua.clone()),
                                         // Combined lines do not carry it (the edge skips
                                         // this clock read too).
                                         micros: 0,
                                     };
-                                    log.log(site, &line);
+                                    let at_us = now
+                                        .duration_since(UNIX_EPOCH)
+                                        .unwrap_or_default()
+                                        .as_micros()
+                                        as u64;
+                                    log.log_at(site, &entry, at_us);
                                 }
                                 if stats_on {
                                     let r = Request {

@@ -93,33 +93,162 @@ impl Default for SiteLog {
     }
 }
 
-/// One request, as logged.
+/// One request, as logged (what [`AccessLog::log`] and [`format_line`] take; the edge passes
+/// an [`Entry`] to [`AccessLog::log_at`] instead).
 #[derive(Debug, Clone)]
 pub struct Line {
     pub opts: SiteLog,
-    /// When the response ended, for [`AccessLog::log`] and [`format_line`]; the edge passes the
-    /// time to [`AccessLog::log_at`] instead (already in microseconds) and leaves this unset.
+    /// When the response ended.
     pub at: SystemTime,
     pub ip: IpAddr,
-    pub method: Method,
-    /// The request target's path and query (cheap to clone: it shares the request's buffer; the
-    /// rest of the URI is not logged, and cloning it would cost more).
-    pub target: http::uri::PathAndQuery,
-    pub version: Version,
+    pub request: RequestText,
     pub status: u16,
     pub bytes: u64,
-    pub referer: Option<http::HeaderValue>,
-    pub user_agent: Option<http::HeaderValue>,
     /// Time taken, for W3C lines (to the millisecond, from the kernel's tick clock).
     pub micros: u64,
 }
 
+impl Line {
+    pub fn entry(&self) -> Entry<'_> {
+        Entry {
+            opts: self.opts,
+            ip: self.ip,
+            request: &self.request,
+            status: self.status,
+            bytes: self.bytes,
+            micros: self.micros,
+        }
+    }
+}
+
+/// A line's fields, the request's side borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub opts: SiteLog,
+    pub ip: IpAddr,
+    pub request: &'a RequestText,
+    pub status: u16,
+    pub bytes: u64,
+    pub micros: u64,
+}
+
+/// The largest [`RequestText`] buffer kept from one request to the next.
+const KEPT_TEXT: usize = 2048;
+
+/// The request's side of a line, escaped once when the request arrives: the method and target,
+/// then the referer and user agent quoted as a Combined line has them, in one buffer, as
+/// `GET /a?b "https://r.example/" "curl/8"`. The edge keeps one in each pooled recording slot
+/// and refills it from request to request, so recording a request clones none of its parts
+/// (each a reference count taken and released) and moves no more than a few words.
+#[derive(Debug, Clone)]
+pub struct RequestText {
+    text: Vec<u8>,
+    /// The ends of the method, of the target, and of the referer's value.
+    method_end: u32,
+    target_end: u32,
+    referer_end: u32,
+    version: Version,
+}
+
+impl Default for RequestText {
+    fn default() -> Self {
+        RequestText {
+            text: Vec::new(),
+            method_end: 0,
+            target_end: 0,
+            referer_end: 0,
+            version: Version::HTTP_11,
+        }
+    }
+}
+
+impl RequestText {
+    pub fn new(
+        method: &Method,
+        target: &[u8],
+        version: Version,
+        referer: Option<&[u8]>,
+        user_agent: Option<&[u8]>,
+    ) -> RequestText {
+        let mut r = RequestText::default();
+        r.set(method, target, version, referer, user_agent);
+        r
+    }
+
+    /// Replaces the text with another request's (the buffer is kept).
+    pub fn set(
+        &mut self,
+        method: &Method,
+        target: &[u8],
+        version: Version,
+        referer: Option<&[u8]>,
+        user_agent: Option<&[u8]>,
+    ) {
+        let t = &mut self.text;
+        t.clear();
+        // A method is a token (checked by the parser): nothing to escape.
+        t.extend_from_slice(method.as_str().as_bytes());
+        self.method_end = t.len() as u32;
+        t.push(b' ');
+        escape(t, target);
+        self.target_end = t.len() as u32;
+        // An absent header is `-`, as nginx writes it.
+        t.extend_from_slice(b" \"");
+        match referer {
+            Some(v) => escape(t, v),
+            None => t.push(b'-'),
+        }
+        self.referer_end = t.len() as u32;
+        t.extend_from_slice(b"\" \"");
+        match user_agent {
+            Some(v) => escape(t, v),
+            None => t.push(b'-'),
+        }
+        t.push(b'"');
+        self.version = version;
+    }
+
+    /// Lets a buffer a long request grew go (pooled slots keep theirs otherwise: 256 of them
+    /// per thread).
+    pub fn trim(&mut self) {
+        if self.text.capacity() > KEPT_TEXT {
+            self.text = Vec::new();
+        }
+    }
+
+    fn method(&self) -> &[u8] {
+        &self.text[..self.method_end as usize]
+    }
+
+    /// `GET /a?b`, escaped.
+    fn request(&self) -> &[u8] {
+        &self.text[..self.target_end as usize]
+    }
+
+    fn target(&self) -> &[u8] {
+        &self.text[self.method_end as usize + 1..self.target_end as usize]
+    }
+
+    /// ` "referer" "user agent"`, escaped: the end of a Combined line.
+    fn combined_tail(&self) -> &[u8] {
+        &self.text[self.target_end as usize..]
+    }
+
+    /// The referer's value, escaped (`-` if there was none).
+    fn referer(&self) -> &[u8] {
+        &self.text[self.target_end as usize + 2..self.referer_end as usize]
+    }
+
+    /// The user agent's value, escaped (`-` if there was none).
+    fn user_agent(&self) -> &[u8] {
+        &self.text[self.referer_end as usize + 3..self.text.len() - 1]
+    }
+}
+
 /// What a line says for a request target: its path and query (`/` for a target without one,
 /// such as `CONNECT`'s authority form).
-pub fn target_of(u: &http::Uri) -> http::uri::PathAndQuery {
-    u.path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+pub fn target_of(u: &http::Uri) -> &str {
+    u.path_and_query().map_or("/", |p| p.as_str())
 }
 
 type Day = i64;
@@ -369,29 +498,23 @@ pub fn format_into(s: &mut Vec<u8>, l: &Line, stamp: &mut Stamp) {
         l.at.duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-    format_at(s, l, secs, stamp);
+    format_at(s, &l.entry(), secs, stamp);
 }
 
 /// [`format_into`] with the line's time already in seconds since the epoch.
-fn format_at(s: &mut Vec<u8>, l: &Line, secs: u64, stamp: &mut Stamp) {
+fn format_at(s: &mut Vec<u8>, l: &Entry, secs: u64, stamp: &mut Stamp) {
     let ip = if l.opts.truncate_ip {
         truncate(l.ip)
     } else {
         l.ip
     };
+    let r = l.request;
     match l.opts.format {
         LogFormat::Combined | LogFormat::Common => {
             push_ip(s, ip);
             s.extend_from_slice(stamp.ncsa(secs));
-            // A method is a token (checked by the parser): nothing to escape.
-            if l.method == Method::GET {
-                s.extend_from_slice(b"GET ");
-            } else {
-                s.extend_from_slice(l.method.as_str().as_bytes());
-                s.push(b' ');
-            }
-            escape(s, l.target.as_str().as_bytes());
-            s.extend_from_slice(version_tail(l.version));
+            s.extend_from_slice(r.request());
+            s.extend_from_slice(version_tail(r.version));
             push_status(s, l.status);
             if l.bytes == 0 {
                 s.push(b'-');
@@ -399,49 +522,34 @@ fn format_at(s: &mut Vec<u8>, l: &Line, secs: u64, stamp: &mut Stamp) {
                 push_u64(s, l.bytes);
             }
             if l.opts.format == LogFormat::Combined {
-                s.extend_from_slice(b" \"");
-                match &l.referer {
-                    Some(v) => escape(s, v.as_bytes()),
-                    None => s.push(b'-'),
-                }
-                s.extend_from_slice(b"\" \"");
-                match &l.user_agent {
-                    Some(v) => escape(s, v.as_bytes()),
-                    None => s.push(b'-'),
-                }
-                s.push(b'"');
+                s.extend_from_slice(r.combined_tail());
             }
         }
         LogFormat::W3c => {
-            // W3C fields are separated by spaces: a space inside a field becomes `+`.
+            // W3C fields are separated by spaces: a space inside a field becomes `+` (the
+            // fields are already escaped).
             let w = |s: &mut Vec<u8>, v: Option<&[u8]>| match v {
                 Some(v) if !v.is_empty() => {
-                    let start = s.len();
-                    escape(s, v);
-                    for c in &mut s[start..] {
-                        if *c == b' ' {
-                            *c = b'+';
-                        }
-                    }
+                    s.extend(v.iter().map(|&c| if c == b' ' { b'+' } else { c }));
                 }
                 _ => s.push(b'-'),
             };
             s.extend_from_slice(stamp.w3c(secs));
             let _ = write!(s, " {ip} ");
-            w(s, Some(l.method.as_str().as_bytes()));
+            w(s, Some(r.method()));
             s.push(b' ');
-            let target = l.target.as_str();
-            let (stem, query) = match target.split_once('?') {
-                Some((a, b)) => (a, Some(b)),
+            let target = r.target();
+            let (stem, query) = match target.iter().position(|&c| c == b'?') {
+                Some(q) => (&target[..q], Some(&target[q + 1..])),
                 None => (target, None),
             };
-            w(s, Some(stem.as_bytes()));
+            w(s, Some(stem));
             s.push(b' ');
-            w(s, query.map(str::as_bytes));
+            w(s, query);
             let _ = write!(s, " {} {} {:.3} ", l.status, l.bytes, l.micros as f64 / 1e6);
-            w(s, l.user_agent.as_ref().map(|v| v.as_bytes()));
+            w(s, Some(r.user_agent()));
             s.push(b' ');
-            w(s, l.referer.as_ref().map(|v| v.as_bytes()));
+            w(s, Some(r.referer()));
         }
     }
     s.push(b'\n');
@@ -819,11 +927,11 @@ impl AccessLog {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_micros() as u64;
-        self.log_at(site, line, at_us);
+        self.log_at(site, &line.entry(), at_us);
     }
 
     /// [`AccessLog::log`] with the line's time already in microseconds since the epoch.
-    pub fn log_at(&self, site: &Arc<str>, line: &Line, at_us: u64) {
+    pub fn log_at(&self, site: &Arc<str>, line: &Entry, at_us: u64) {
         let day = (at_us / DAY_US) as Day;
         let mut guard = self.pending.mine();
         let p = &mut *guard;
@@ -1116,15 +1224,15 @@ mod tests {
             },
             at: UNIX_EPOCH + Duration::from_secs(1_795_335_723),
             ip: "192.0.2.7".parse().expect("ip"),
-            method: Method::GET,
-            target: http::uri::PathAndQuery::from_static("/a%20b?x=%221%22"),
-            version: Version::HTTP_11,
+            request: RequestText::new(
+                &Method::GET,
+                b"/a%20b?x=%221%22",
+                Version::HTTP_11,
+                Some(b"https://r.example/"),
+                Some("curl/8 \"quoted\" é".as_bytes()),
+            ),
             status: 200,
             bytes: 512,
-            referer: Some(http::HeaderValue::from_static("https://r.example/")),
-            user_agent: Some(
-                http::HeaderValue::from_bytes("curl/8 \"quoted\" é".as_bytes()).expect("ua"),
-            ),
             micros: 1500,
         }
     }
@@ -1149,7 +1257,7 @@ mod tests {
 
     #[test]
     fn the_logged_target_is_the_path_and_query_of_any_request_form() {
-        let of = |u: &str| target_of(&u.parse().expect("uri")).as_str().to_owned();
+        let of = |u: &str| target_of(&u.parse().expect("uri")).to_owned();
         assert_eq!(of("/a/b?c=d"), "/a/b?c=d");
         // Absolute form (sent to proxies): the scheme and host are not part of the target.
         assert_eq!(of("http://www.example.gouv.fr/x?y"), "/x?y");
@@ -1201,14 +1309,29 @@ mod tests {
             w,
             "2026-11-22 08:22:03 192.0.2.7 GET /a%20b x=%221%22 200 512 0.002 curl/8+\\x22quoted\\x22+\\xC3\\xA9 https://r.example/\n"
         );
+        let request = |method: Method, version, referer: Option<&[u8]>, ua: Option<&[u8]>| {
+            RequestText::new(&method, b"/a%20b?x=%221%22", version, referer, ua)
+        };
         // Bytes that are not UTF-8 are escaped one by one, like any other non-ASCII byte.
         let mut raw = line(LogFormat::Combined);
-        raw.user_agent = Some(http::HeaderValue::from_bytes(b"a\xffb").expect("ua"));
-        assert!(format_line(&raw).ends_with("\"a\\xFFb\"\n"));
+        raw.request = request(Method::GET, Version::HTTP_11, None, Some(b"a\xffb"));
+        assert!(format_line(&raw).ends_with("200 512 \"-\" \"a\\xFFb\"\n"));
+        // Absent headers are `-` in every format; an empty one is empty where it is quoted.
+        raw.request = request(Method::GET, Version::HTTP_11, None, None);
+        assert!(format_line(&raw).ends_with("200 512 \"-\" \"-\"\n"));
+        raw.request = request(Method::GET, Version::HTTP_11, Some(b""), Some(b" "));
+        assert!(format_line(&raw).ends_with("200 512 \"\" \" \"\n"));
+        raw.opts.format = LogFormat::W3c;
+        assert!(format_line(&raw).ends_with(" 200 512 0.002 + -\n"));
+        raw.request = request(Method::GET, Version::HTTP_11, None, None);
+        assert!(format_line(&raw).ends_with(" 200 512 0.002 - -\n"));
+        raw.opts.format = LogFormat::Combined;
         // Long fields take the other check.
-        raw.user_agent = Some(
-            http::HeaderValue::from_bytes(b"Mozilla/5.0 (X11; Linux x86_64) \"Gecko\" \\ 1")
-                .expect("ua"),
+        raw.request = request(
+            Method::GET,
+            Version::HTTP_11,
+            Some(b"https://r.example/"),
+            Some(b"Mozilla/5.0 (X11; Linux x86_64) \"Gecko\" \\ 1"),
         );
         assert!(
             format_line(&raw)
@@ -1224,8 +1347,7 @@ mod tests {
             assert!(format_line(&v4).starts_with(&format!("{ip} - - [22/Nov/2026:")));
         }
         let mut post = line(LogFormat::Common);
-        post.method = Method::POST;
-        post.version = Version::HTTP_10;
+        post.request = request(Method::POST, Version::HTTP_10, None, None);
         assert!(format_line(&post).contains("] \"POST /a%20b?x=%221%22 HTTP/1.0\" 200 "));
     }
 

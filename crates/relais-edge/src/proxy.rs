@@ -164,6 +164,23 @@ struct Lookup {
     spec: KeySpec,
 }
 
+/// What [`Edge::fresh_hit`] hands on when the request is not a fresh hit.
+struct Looked {
+    reqd: policy::Directives,
+    /// `None`: a rule bypasses the cache for this path.
+    lk: Option<Lookup>,
+    now: std::time::SystemTime,
+}
+
+/// Whether the request's own directives (`no-cache`, `max-age`, `min-fresh`) accept a stored
+/// response as it is now.
+fn client_accepts(reqd: &policy::Directives, m: &cache::Meta, now: std::time::SystemTime) -> bool {
+    let age = m.current_age(now).as_secs();
+    !reqd.no_cache
+        && reqd.max_age.is_none_or(|ma| age <= ma)
+        && reqd.min_fresh.is_none_or(|mf| m.ttl(now) >= mf as i64)
+}
+
 /// What goes into the cache key of a request once the site's rules are applied: the query
 /// string as the rules normalise it, and request headers and cookies the rules add.
 #[derive(Clone, Debug)]
@@ -402,31 +419,39 @@ impl Edge {
             return self.handle_inner(req, conn, &mut Routed::default()).await;
         }
         let started_ms = crate::clock::coarse_millis();
-        // One pass over the request's headers (cheaper than a lookup for each).
-        let (mut user_agent, mut referer) = (None, None);
-        for (name, value) in req.headers() {
-            if *name == header::USER_AGENT {
-                user_agent.get_or_insert_with(|| value.clone());
-            } else if *name == header::REFERER {
-                referer.get_or_insert_with(|| value.clone());
-            }
-        }
-        let logged = log.then(|| {
-            (
-                referer,
-                req.method().clone(),
-                req.version(),
-                crate::accesslog::target_of(req.uri()),
-            )
-        });
         let ip = conn.remote.ip();
+        // The slot is taken now, so that the request's side of its line is written into it
+        // (escaped, once) before the request is handed on.
+        let mut rec = crate::response::Recorded::take();
+        let visitor = {
+            // One pass over the request's headers (cheaper than a lookup for each).
+            let (mut user_agent, mut referer) = (None, None);
+            for (name, value) in req.headers() {
+                if *name == header::USER_AGENT {
+                    user_agent.get_or_insert(value.as_bytes());
+                } else if *name == header::REFERER {
+                    referer.get_or_insert(value.as_bytes());
+                }
+            }
+            if log && let Some(text) = rec.request_mut() {
+                text.set(
+                    req.method(),
+                    crate::accesslog::target_of(req.uri()).as_bytes(),
+                    req.version(),
+                    referer,
+                    user_agent,
+                );
+            }
+            stats.then(|| crate::stats::visitor_hash(ip, user_agent))
+        };
         let mut routed = Routed::default();
         let mut resp = self.handle_inner(req, conn, &mut routed).await;
+        // A request no site took is not recorded (the slot goes back to its pool unused).
         let Some(rt) = routed.site else {
             return resp;
         };
         let status = resp.status().as_u16();
-        let stat = stats.then(|| crate::stats::Request {
+        let stat = visitor.map(|visitor| crate::stats::Request {
             class: match routed.class {
                 // The path that answered knows (a fresh hit); a 5xx is an error whatever served it.
                 Some(class) if status < 500 => class,
@@ -442,36 +467,22 @@ impl Edge {
             status,
             ttfb_ms: crate::clock::coarse_millis().saturating_sub(started_ms),
             sent: 0,
-            visitor: crate::stats::visitor_hash(ip, user_agent.as_ref().map(|v| v.as_bytes())),
+            visitor,
         });
-        let line = logged.map(
-            |(referer, method, version, target)| crate::accesslog::Line {
-                opts: rt.site.log,
-                // Timed when the response ends (as nginx does), and passed to `log_at` then.
-                at: std::time::UNIX_EPOCH,
-                ip,
-                method,
-                target,
-                version,
-                status,
-                bytes: 0,
-                referer,
-                user_agent,
-                micros: 0,
-            },
-        );
         // The body is wrapped in place (the response head is not moved).
         let body = resp.body_mut();
         let inner = std::mem::replace(body, EdgeBody::Empty);
-        *body = EdgeBody::Logged(crate::response::Recorded::new(crate::response::Logged {
+        rec.start(crate::response::Logged {
             inner,
             sent: 0,
             started_ms,
-            line,
+            ip,
+            status,
             stat,
             edge: self,
             site: rt,
-        }));
+        });
+        *body = EdgeBody::Logged(rec);
         resp
     }
 
@@ -562,8 +573,8 @@ impl Edge {
                 Mode::Maintenance => return maintenance_page(&rt.site),
                 Mode::Bypass if req.method() == Method::GET || req.method() == Method::HEAD => {
                     let (parts, _body) = req.into_parts();
-                    return self
-                        .pass_get(parts, &rt, &host, &conn, "detail=site-bypass")
+                    // Boxed, as the origin path of `cacheable` is (see `fresh_hit`).
+                    return Box::pin(self.pass_get(parts, &rt, &host, &conn, "detail=site-bypass"))
                         .await;
                 }
                 Mode::Bypass => {}
@@ -574,12 +585,28 @@ impl Edge {
             self.purge_request(&req, &rt, &host, &conn, &snap.config)
         } else if req.method() == Method::GET || req.method() == Method::HEAD {
             let (parts, _body) = req.into_parts();
-            let path = parts.uri.path().to_owned();
-            let mut resp = self
-                .clone()
-                .cacheable(parts, &rt, &host, &conn, 0, &mut routed.class)
-                .await;
-            if rt.site.rules.uses("browser_ttl") {
+            let path = rt
+                .site
+                .rules
+                .uses("browser_ttl")
+                .then(|| parts.uri.path().to_owned());
+            // A fresh hit is answered without waiting; the rest is boxed (see `fresh_hit`).
+            let mut resp = match self.fresh_hit(&parts, &rt, &host, &mut routed.class) {
+                Ok(resp) => resp,
+                Err(looked) => {
+                    Box::pin(self.clone().cacheable_rest(
+                        parts,
+                        &rt,
+                        &host,
+                        &conn,
+                        0,
+                        &mut routed.class,
+                        looked,
+                    ))
+                    .await
+                }
+            };
+            if let Some(path) = path {
                 self.apply_browser_ttl(&rt, &path, &mut resp);
             }
             resp
@@ -592,7 +619,7 @@ impl Edge {
                 &["fwd=method"],
             )
         } else {
-            self.pass_unsafe(req, &rt, &host, &conn).await
+            Box::pin(self.pass_unsafe(req, &rt, &host, &conn)).await
         };
         if let Some(len) = resp
             .headers()
@@ -679,42 +706,94 @@ impl Edge {
         depth: u8,
         class: &mut Option<crate::stats::Class>,
     ) -> Response<EdgeBody> {
+        match self.fresh_hit(&parts, rt, host, class) {
+            Ok(resp) => resp,
+            Err(looked) => {
+                self.cacheable_rest(parts, rt, host, conn, depth, class, looked)
+                    .await
+            }
+        }
+    }
+
+    /// The start of [`Edge::cacheable`], which never waits: a fresh hit is answered here, and
+    /// anything else goes on with what was looked up. Kept apart so that a hit's future holds
+    /// none of the origin path's (large) state: the request's future is moved several times
+    /// per request, and its size is that of its largest state.
+    fn fresh_hit(
+        self: &Arc<Self>,
+        parts: &Parts,
+        rt: &Arc<SiteRuntime>,
+        host: &str,
+        class: &mut Option<crate::stats::Class>,
+    ) -> Result<Response<EdgeBody>, Box<Looked>> {
         let reqd = policy::request_directives(&parts.headers);
         // Rules decided before the response: path scopes only.
         let req_rules = (!rt.site.rules.rules().is_empty())
             .then(|| rt.site.rules.resolve(parts.uri.path(), None));
         if req_rules.as_ref().is_some_and(|r| r.cache == Some(false)) {
-            return self
-                .pass_get(parts, rt, host, conn, "detail=rule-bypass")
-                .await;
+            return Err(Box::new(Looked {
+                reqd,
+                lk: None,
+                now: self.clock.now(),
+            }));
         }
         let lk = self.lookup(
             &rt.site,
             host,
-            &parts,
-            KeySpec::new(&parts, req_rules.as_ref()),
+            parts,
+            KeySpec::new(parts, req_rules.as_ref()),
         );
         let now = self.clock.now();
-
-        let mut stale: Option<Arc<Object>> = None;
-        let mut forced = false;
         if let Some((obj, tier)) = &lk.found {
             let m = &obj.meta;
-            let age = m.current_age(now).as_secs();
-            let vouched = self.is_vouched();
-            let fresh = vouched && m.is_fresh(now) && !m.fresh.no_cache;
-            let client_ok = !reqd.no_cache
-                && reqd.max_age.is_none_or(|ma| age <= ma)
-                && reqd.min_fresh.is_none_or(|mf| m.ttl(now) >= mf as i64);
             if *tier == Tier::Disk {
                 self.promote_later(obj);
             }
-            if fresh && client_ok {
+            if self.is_vouched()
+                && m.is_fresh(now)
+                && !m.fresh.no_cache
+                && client_accepts(&reqd, m, now)
+            {
                 rt.metrics.count(Outcome::Hit);
                 *class = Some(crate::stats::Class::Hit);
                 let ttl = format!("ttl={}", m.ttl(now));
-                return self.respond(&parts, obj, &["hit", &ttl], now);
+                return Ok(self.respond(parts, obj, &["hit", &ttl], now));
             }
+        }
+        Err(Box::new(Looked {
+            reqd,
+            lk: Some(lk),
+            now,
+        }))
+    }
+
+    /// The rest of [`Edge::cacheable`]: everything but a fresh hit (`looked.lk` is `None` when
+    /// a rule bypasses the cache).
+    #[allow(clippy::too_many_arguments)]
+    async fn cacheable_rest(
+        self: Arc<Self>,
+        parts: Parts,
+        rt: &Arc<SiteRuntime>,
+        host: &str,
+        conn: &ConnInfo,
+        depth: u8,
+        class: &mut Option<crate::stats::Class>,
+        looked: Box<Looked>,
+    ) -> Response<EdgeBody> {
+        let Looked { reqd, lk, now } = *looked;
+        let Some(lk) = lk else {
+            return self
+                .pass_get(parts, rt, host, conn, "detail=rule-bypass")
+                .await;
+        };
+
+        let mut stale: Option<Arc<Object>> = None;
+        let mut forced = false;
+        if let Some((obj, _)) = &lk.found {
+            let m = &obj.meta;
+            let vouched = self.is_vouched();
+            let fresh = vouched && m.is_fresh(now) && !m.fresh.no_cache;
+            let client_ok = client_accepts(&reqd, m, now);
             forced = fresh && !client_ok;
             let staleness = m.staleness(now);
             if vouched && !fresh && !m.fresh.must_revalidate && !m.fresh.no_cache {
@@ -1351,7 +1430,9 @@ impl Edge {
         detail: &str,
     ) -> Response<EdgeBody> {
         let req = ForwardRequest::pass(&parts, conn, host);
-        match send_with_failover(rt, &req, None).await {
+        // Boxed: the origin client's future is large, and held inline it would make every
+        // request's future (cache hits included) as large, copied several times per request.
+        match Box::pin(send_with_failover(rt, &req, None)).await {
             Ok(resp) => {
                 rt.metrics.count(Outcome::Pass);
                 let st = format!("fwd-status={}", resp.status().as_u16());
@@ -1397,7 +1478,8 @@ impl Edge {
         let (parts, body) = req.into_parts();
         let fwd = ForwardRequest::pass(&parts, conn, host);
         let body: UpBody = http_body_util::Limited::new(body, limit as usize).boxed_unsync();
-        match send_with_failover(rt, &fwd, Some(body)).await {
+        // Boxed, as in `pass_get`.
+        match Box::pin(send_with_failover(rt, &fwd, Some(body))).await {
             Ok(resp) => {
                 let st = resp.status();
                 if (st.is_success() || st.is_redirection()) && !parts.method.is_safe() {

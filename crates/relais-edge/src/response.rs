@@ -11,6 +11,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::accesslog::RequestText;
 use crate::upstream::BoxError;
 
 /// Largest frame sent from an in-memory body.
@@ -31,14 +32,22 @@ pub enum EdgeBody {
     Logged(Recorded),
 }
 
-/// A [`Logged`] in a heap slot that goes back to its thread's pool when the response ends, so
+/// A recording in a heap slot that goes back to its thread's pool when the response ends, so
 /// that recording a request allocates nothing: the slot is taken and returned in the same
-/// handful of instructions, where a fresh allocation of its size cost about 240 under mimalloc
-/// (a size class no other per-request allocation uses, so its page empties and refills on every
-/// request). Both options are `Some` from `new` to `drop`: the inner one is emptied to record
-/// the request, the outer one to hand the slot back (safe code cannot move a box out of `&mut
-/// self` otherwise).
-pub struct Recorded(Option<Box<Option<Logged>>>);
+/// handful of instructions, where a fresh allocation cost about 240 under mimalloc (a size
+/// class no other per-request allocation uses, so its page empties and refills on every
+/// request). The slot also keeps its [`RequestText`]'s buffer from one request to the next.
+/// The option is `Some` from [`Recorded::take`] to `drop` (safe code cannot move a box out of
+/// `&mut self` otherwise).
+pub struct Recorded(Option<Box<Slot>>);
+
+#[derive(Default)]
+pub struct Slot {
+    /// The request's side of its access-log line (filled when the request arrives).
+    pub request: RequestText,
+    /// The rest, set once the response is ready; recorded when it ends.
+    rec: Option<Logged>,
+}
 
 /// Slots kept per thread: more than the responses a worker has in flight at once in practice;
 /// beyond it, slots are freed.
@@ -47,36 +56,48 @@ const POOLED: usize = 256;
 thread_local! {
     // The boxes are the point: the pool keeps allocations, which are handed out and back.
     #[allow(clippy::vec_box)]
-    static POOL: std::cell::RefCell<Vec<Box<Option<Logged>>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static POOL: std::cell::RefCell<Vec<Box<Slot>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Recorded {
-    pub fn new(l: Logged) -> Recorded {
+    /// An empty slot: nothing is recorded unless [`Recorded::start`] is called.
+    pub fn take() -> Recorded {
         let slot = POOL.with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.pop()));
-        let slot = match slot {
-            Some(mut s) => {
-                *s = Some(l);
-                s
-            }
-            None => Box::new(Some(l)),
-        };
-        Recorded(Some(slot))
+        Recorded(Some(slot.unwrap_or_default()))
+    }
+
+    /// The request's side of the line, to fill.
+    pub fn request_mut(&mut self) -> Option<&mut RequestText> {
+        self.0.as_deref_mut().map(|s| &mut s.request)
+    }
+
+    /// Arms the slot: the request is recorded when the response ends (or is abandoned).
+    pub fn start(&mut self, l: Logged) {
+        if let Some(s) = self.0.as_deref_mut() {
+            s.rec = Some(l);
+        }
     }
 
     fn get(&self) -> Option<&Logged> {
-        self.0.as_deref().and_then(Option::as_ref)
+        self.0.as_deref().and_then(|s| s.rec.as_ref())
     }
 
     fn get_mut(&mut self) -> Option<&mut Logged> {
-        self.0.as_deref_mut().and_then(Option::as_mut)
+        self.0.as_deref_mut().and_then(|s| s.rec.as_mut())
     }
 }
 
 impl Drop for Recorded {
     fn drop(&mut self) {
         if let Some(mut slot) = self.0.take() {
-            // Records the request (`Logged::drop`) and releases what it held.
-            *slot = None;
+            let Slot { request, rec } = &mut *slot;
+            if let Some(l) = rec {
+                l.record(request);
+            }
+            // Releases the body, the edge and the site; the request's buffer stays unless a long
+            // request grew it.
+            *rec = None;
+            request.trim();
             // A thread that is exiting has no pool left: the slot is simply freed.
             let _ = POOL.try_with(|p| {
                 if let Ok(mut p) = p.try_borrow_mut()
@@ -96,7 +117,9 @@ pub struct Logged {
     pub sent: u64,
     /// When the request arrived, in [`crate::clock::coarse_millis`].
     pub started_ms: u64,
-    pub line: Option<crate::accesslog::Line>,
+    pub ip: std::net::IpAddr,
+    pub status: u16,
+    /// Statistics' view of the request (`None` when they are off): what `sent` completes.
     pub stat: Option<crate::stats::Request>,
     /// The edge (its clock and access log) and the site, held rather than their parts so that a
     /// request clones no shared counter of its own.
@@ -104,21 +127,27 @@ pub struct Logged {
     pub site: std::sync::Arc<crate::proxy::SiteRuntime>,
 }
 
-impl Drop for Logged {
-    fn drop(&mut self) {
+impl Logged {
+    fn record(&mut self, request: &RequestText) {
         // The tick clock: lines are stamped to the second and minutes are minutes.
         let at_us = self.edge.clock().recent_micros();
-        // The line is logged where it lies (moving it out would copy its 200-odd bytes).
-        if let Some(l) = &mut self.line
-            && let Some(log) = &self.edge.access_log
-        {
-            l.bytes = self.sent;
-            // Only W3C lines carry the time taken.
-            if l.opts.format == crate::accesslog::LogFormat::W3c {
-                l.micros = crate::clock::coarse_millis().saturating_sub(self.started_ms) * 1000;
-            }
-            // The time goes as `at_us` (converted once for the line and the minute), not `l.at`.
-            log.log_at(&self.site.log_name, l, at_us);
+        if let Some(log) = &self.edge.access_log {
+            let opts = self.site.site.log;
+            let entry = crate::accesslog::Entry {
+                opts,
+                ip: self.ip,
+                request,
+                status: self.status,
+                bytes: self.sent,
+                // Only W3C lines carry the time taken.
+                micros: if opts.format == crate::accesslog::LogFormat::W3c {
+                    crate::clock::coarse_millis().saturating_sub(self.started_ms) * 1000
+                } else {
+                    0
+                },
+            };
+            // The time goes as `at_us` (converted once for the line and the minute).
+            log.log_at(&self.site.log_name, &entry, at_us);
         }
         if let Some(r) = &mut self.stat {
             r.sent = self.sent;

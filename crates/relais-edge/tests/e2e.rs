@@ -217,6 +217,43 @@ async fn miss_then_hit_with_cache_status_and_age() {
     assert_eq!(origin.hits(), 3);
 }
 
+/// The client's own request directives decide whether a fresh stored response will do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_cache_control_is_obeyed_before_a_hit() {
+    let origin = Origin::start(cacheable("hello", "max-age=60")).await;
+    let h = harness(&origin).await;
+    h.get("/page").await;
+    h.clock.advance(Duration::from_secs(10));
+    let cc = |v: &'static str| [("cache-control", v)];
+    // Acceptable as it is: a hit.
+    for ok in ["max-age=30", "min-fresh=40", "max-stale"] {
+        let g = h.req(reqwest::Method::GET, "/page", &cc(ok)).await;
+        assert_eq!(g.cache_status(), "relais; hit; ttl=50", "{ok}");
+    }
+    assert_eq!(origin.hits(), 1);
+    // Not fresh enough for long enough, too old, or refused outright: the origin is asked
+    // (each time ten seconds after the response stored by the previous one).
+    let mut hits = 1;
+    for refused in ["min-fresh=55", "max-age=5", "no-cache"] {
+        let g = h.req(reqwest::Method::GET, "/page", &cc(refused)).await;
+        h.clock.advance(Duration::from_secs(10));
+        hits += 1;
+        assert!(
+            g.cache_status().contains("fwd=request"),
+            "{refused}: {}",
+            g.cache_status()
+        );
+        assert_eq!(origin.hits(), hits, "{refused}");
+    }
+    // Nothing stored and only the cache will do: 504, and the origin is not asked.
+    let g = h
+        .req(reqwest::Method::GET, "/absent", &cc("only-if-cached"))
+        .await;
+    assert_eq!(g.status, 504);
+    assert!(g.cache_status().contains("detail=only-if-cached"));
+    assert_eq!(origin.hits(), hits);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_reach_the_origin_and_hop_by_hop_do_not() {
     let origin = Origin::start(cacheable("x", "no-store")).await;
