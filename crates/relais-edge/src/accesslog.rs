@@ -47,9 +47,6 @@ const PENDING_BYTES: usize = 4 << 20;
 /// 2 ms was worse (its wake-ups cost more than warmer buffers save), 10 ms no different.
 const TICK: Duration = Duration::from_millis(20);
 
-/// The writer thread's nice value (request threads have 0).
-pub const WRITER_NICE: i32 = 10;
-
 /// The writer's tick when the last one found no line (an idle edge wakes it 20 times a second).
 const IDLE_TICK: Duration = Duration::from_millis(50);
 
@@ -1204,13 +1201,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// The writer thread: every tick, writes the lines formatted since the last one and closes the
 /// days that are over; stops when the log is dropped (whose `Drop` writes the last lines).
 fn writer(log: std::sync::Weak<AccessLog>) {
-    // A lower priority than the request threads: on a busy core the writer takes the gaps
-    // between requests rather than time from them, and still gets a tenth of a core's share
-    // against a request thread (it needs about 1 %). On Linux the nice value is the calling
-    // thread's. Failing to lower it changes nothing else.
-    if let Err(e) = rustix::process::setpriority_process(None, WRITER_NICE) {
-        tracing::debug!(error = %e, "access-log writer keeps the default priority");
-    }
     let mut busy = false;
     loop {
         // The writer sleeps between batches instead of being woken for every line, so requests
@@ -1542,47 +1532,6 @@ mod tests {
         assert_eq!(log.written.load(Ordering::Relaxed), 0);
         assert_eq!(log.dropped.load(Ordering::Relaxed), 7);
         assert_eq!(log.take_dropped(&site, day), 7);
-    }
-
-    /// The writer runs below the request threads' priority (Linux: read back from /proc).
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn the_writer_thread_runs_at_a_lower_priority() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let clock: SharedClock = Arc::new(crate::clock::SystemClock);
-        let _log = AccessLog::start(dir.path().into(), clock, Duration::ZERO).expect("log");
-        // Nice values of this process's writer threads (other tests may run some too).
-        let writers = || -> Vec<i32> {
-            let mut nice = vec![];
-            for t in fs::read_dir("/proc/self/task").expect("tasks").flatten() {
-                let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                if comm.trim_end() != "relais-access-l" {
-                    continue;
-                }
-                let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-                // Fields after the command: the nice value is the 19th field of the line.
-                if let Some(n) = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(16))
-                    .and_then(|n| n.parse().ok())
-                {
-                    nice.push(n);
-                }
-            }
-            nice
-        };
-        // The thread lowers its own priority as it starts.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut seen = writers();
-        while !(seen.contains(&WRITER_NICE)) && std::time::Instant::now() < deadline {
-            std::thread::yield_now();
-            seen = writers();
-        }
-        assert!(
-            seen.contains(&WRITER_NICE),
-            "writer threads' nice values: {seen:?}"
-        );
-        assert!(seen.iter().all(|&n| n == WRITER_NICE || n == 0), "{seen:?}");
     }
 
     #[test]
