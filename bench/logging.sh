@@ -51,7 +51,7 @@ fresh_copies "$WORK" "$BIN" relais-on "$BIN" relais-origin
 OFF_COPY=$WORK/relais-on
 [ -n "${BASELINE:-}" ] && { fresh_copies "$WORK" "$OFF_BIN" relais-off; OFF_COPY=$WORK/relais-off; }
 BIN=$WORK/relais-on; OFF_BIN=$OFF_COPY
-OPORT=$(free_port); OFF=$(free_port); ON=$(free_port)
+OPORT=$(free_port); OFF=$(free_port); ON=$(free_port); ON_ADMIN=$(free_port)
 "$WORK/relais-origin" demo-origin --listen "127.0.0.1:$OPORT" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do
   port=$OFF; extra=""
@@ -61,6 +61,9 @@ for mode in off on; do
     case $RECORD in both|stats) extra="$extra
 stats_dir = \"$WORK/stats-$mode\"";; esac
   fi
+  # The "on" edge's admin listener tells how many lines it dropped (none, or the figure is void).
+  if [ "$mode" = on ]; then extra="$extra
+admin = \"127.0.0.1:$ON_ADMIN\""; fi
   edge_config "$WORK/$mode.toml" "$port" "$OPORT" "$extra"
   mkdir -p "$WORK/nginx-$mode"
   log="access_log off;"
@@ -131,6 +134,7 @@ echo "| Round | off (req/s) | on (req/s) | on/off req/s | off (µs CPU/req) | on
 echo "|---|---|---|---|---|---|---|"
 ratios=()
 cpu_ratios=()
+dropped=0
 cpu_of() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # Prints "off-req/s off-µs/req on-req/s on-µs/req" for one round of the paired method.
 paired() {
@@ -174,6 +178,10 @@ print(f"{mean(a, 0):.0f} {mean(a, 1):.2f} {mean(b, 0):.0f} {mean(b, 1):.2f}")
 PY
 )
   fi
+  if [ "$PEER" = relais ]; then
+    d=$(curl -s "http://127.0.0.1:$ON_ADMIN/metrics" | awk '/^relais_access_log_dropped_total/ {s += $2} END {print s + 0}')
+    dropped=$((dropped + d))
+  fi
   ratio=$(python3 -c "print(f'{$b_rps/$a_rps:.3f}')")
   cpu_ratio=$(python3 -c "print(f'{$b_cpu/$a_cpu:.3f}')")
   ratios+=("$ratio"); cpu_ratios+=("$cpu_ratio")
@@ -188,3 +196,4 @@ print(f"Median on/off CPU per request: {statistics.median(c):.3f} (cost {100*(st
 PY
 lines=$( (cat "$WORK"/logs-on/bench/*.log "$WORK"/nginx-on/access.log 2>/dev/null || true) | wc -l)
 echo "Lines written by the logging $PEER: $lines"
+if [ "$PEER" = relais ]; then echo "Lines dropped by the logging relais (its metric, summed over rounds): $dropped"; fi
