@@ -42,9 +42,9 @@ pub enum EdgeBody {
 pub struct Recorded(Option<Box<Slot>>);
 
 #[derive(Default)]
-pub struct Slot {
+struct Slot {
     /// The request's side of its access-log line (filled when the request arrives).
-    pub request: RequestText,
+    request: RequestText,
     /// The rest, set once the response is ready; recorded when it ends.
     rec: Option<Logged>,
 }
