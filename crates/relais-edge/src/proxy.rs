@@ -573,7 +573,7 @@ impl Edge {
                 Mode::Maintenance => return maintenance_page(&rt.site),
                 Mode::Bypass if req.method() == Method::GET || req.method() == Method::HEAD => {
                     let (parts, _body) = req.into_parts();
-                    // Boxed, as the origin path of `cacheable` is (see `fresh_hit`).
+                    // Boxed, as `cacheable_rest` is (see `fresh_hit`).
                     return Box::pin(self.pass_get(parts, &rt, &host, &conn, "detail=site-bypass"))
                         .await;
                 }
@@ -696,27 +696,8 @@ impl Edge {
         }
     }
 
-    /// Phases 4–6 for GET and HEAD.
-    async fn cacheable(
-        self: Arc<Self>,
-        parts: Parts,
-        rt: &Arc<SiteRuntime>,
-        host: &str,
-        conn: &ConnInfo,
-        depth: u8,
-        class: &mut Option<crate::stats::Class>,
-    ) -> Response<EdgeBody> {
-        match self.fresh_hit(&parts, rt, host, class) {
-            Ok(resp) => resp,
-            Err(looked) => {
-                self.cacheable_rest(parts, rt, host, conn, depth, class, looked)
-                    .await
-            }
-        }
-    }
-
-    /// The start of [`Edge::cacheable`], which never waits: a fresh hit is answered here, and
-    /// anything else goes on with what was looked up. Kept apart so that a hit's future holds
+    /// Phases 4–6 for GET and HEAD, the part that never waits: a fresh hit is answered here,
+    /// and anything else goes on to [`Edge::cacheable_rest`] with what was looked up. Kept apart so that a hit's future holds
     /// none of the origin path's (large) state: the request's future is moved several times
     /// per request, and its size is that of its largest state.
     fn fresh_hit(
@@ -767,7 +748,7 @@ impl Edge {
         }))
     }
 
-    /// The rest of [`Edge::cacheable`]: everything but a fresh hit (`looked.lk` is `None` when
+    /// The rest of phases 4–6: everything but a fresh hit (`looked.lk` is `None` when
     /// a rule bypasses the cache).
     #[allow(clippy::too_many_arguments)]
     async fn cacheable_rest(
@@ -932,15 +913,21 @@ impl Edge {
                             let _ = g.wait_complete().await;
                         }
                         if depth < 2 {
-                            return Box::pin(self.clone().cacheable(
-                                parts,
-                                rt,
-                                host,
-                                conn,
-                                depth + 1,
-                                class,
-                            ))
-                            .await;
+                            return match self.fresh_hit(&parts, rt, host, class) {
+                                Ok(resp) => resp,
+                                Err(looked) => {
+                                    Box::pin(self.clone().cacheable_rest(
+                                        parts,
+                                        rt,
+                                        host,
+                                        conn,
+                                        depth + 1,
+                                        class,
+                                        looked,
+                                    ))
+                                    .await
+                                }
+                            };
                         }
                     }
                     if !leader && (!shareable || my_key != obj.meta.key || !obj.meta.is_fresh(now))
