@@ -12,7 +12,8 @@
 # (REPEAT=n: n times in a round, with shorter runs, so that the machine's drift over a round
 # touches both edges alike).
 # Each round also reports the edges' CPU time per request (user + system, from /proc), and the
-# run the lines the logging edge dropped (its metric: a run that drops lines measured less work).
+# run ends with the lines the logging edge dropped (its metric: a run that drops lines measured
+# less work than it claims).
 # RECORD=none runs an A/A comparison (two identical edges): it shows the method's own noise.
 # BASELINE=path/to/another/relais compares two builds: the "off" edge runs that binary and
 # records exactly as the "on" one does (what RECORD says), so the ratio is the new build's
