@@ -99,7 +99,7 @@ fn main() {
                                             truncate_ip: false,
                                         },
                                         ip,
-                                        request: &text,
+                                        request: relais_edge::accesslog::Req::Text(&text),
                                         status: 200,
                                         bytes: 1024,
                                         // Combined lines do not carry it (the edge skips

@@ -113,7 +113,7 @@ impl Line {
         Entry {
             opts: self.opts,
             ip: self.ip,
-            request: &self.request,
+            request: Req::Text(&self.request),
             status: self.status,
             bytes: self.bytes,
             micros: self.micros,
@@ -126,10 +126,57 @@ impl Line {
 pub struct Entry<'a> {
     pub opts: SiteLog,
     pub ip: IpAddr,
-    pub request: &'a RequestText,
+    pub request: Req<'a>,
     pub status: u16,
     pub bytes: u64,
     pub micros: u64,
+}
+
+/// The request's side of a line: kept while its response was sent, or the request itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Req<'a> {
+    /// Escaped when the request arrived (it was handed on before its response ended).
+    Text(&'a RequestText),
+    /// A request still at hand when its line is written (a fresh hit sent whole): its fields
+    /// are escaped straight into the line, with no text kept on the way.
+    Raw(RawRequest<'a>),
+}
+
+/// A request's fields, as a line shows them.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRequest<'a> {
+    pub method: &'a Method,
+    /// Path and query, as [`target_of`] gives them.
+    pub target: &'a [u8],
+    pub version: Version,
+    pub referer: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+}
+
+/// `GET /a?b`: the method (a token, checked by the parser: nothing to escape), a space and the
+/// target, escaped.
+fn push_request(t: &mut Vec<u8>, method: &Method, target: &[u8]) {
+    t.extend_from_slice(method.as_str().as_bytes());
+    t.push(b' ');
+    escape(t, target);
+}
+
+/// ` "referer" "user agent"`, escaped, as a Combined line ends (an absent header is `-`, as
+/// nginx writes it). Returns where the referer's value ends.
+fn push_quoted(t: &mut Vec<u8>, referer: Option<&[u8]>, user_agent: Option<&[u8]>) -> usize {
+    t.extend_from_slice(b" \"");
+    match referer {
+        Some(v) => escape(t, v),
+        None => t.push(b'-'),
+    }
+    let referer_end = t.len();
+    t.extend_from_slice(b"\" \"");
+    match user_agent {
+        Some(v) => escape(t, v),
+        None => t.push(b'-'),
+    }
+    t.push(b'"');
+    referer_end
 }
 
 /// The largest [`RequestText`] buffer kept from one request to the next.
@@ -186,25 +233,10 @@ impl RequestText {
     ) {
         let t = &mut self.text;
         t.clear();
-        // A method is a token (checked by the parser): nothing to escape.
-        t.extend_from_slice(method.as_str().as_bytes());
-        self.method_end = t.len() as u32;
-        t.push(b' ');
-        escape(t, target);
+        push_request(t, method, target);
+        self.method_end = method.as_str().len() as u32;
         self.target_end = t.len() as u32;
-        // An absent header is `-`, as nginx writes it.
-        t.extend_from_slice(b" \"");
-        match referer {
-            Some(v) => escape(t, v),
-            None => t.push(b'-'),
-        }
-        self.referer_end = t.len() as u32;
-        t.extend_from_slice(b"\" \"");
-        match user_agent {
-            Some(v) => escape(t, v),
-            None => t.push(b'-'),
-        }
-        t.push(b'"');
+        self.referer_end = push_quoted(t, referer, user_agent) as u32;
         self.version = version;
     }
 
@@ -498,23 +530,31 @@ pub fn format_into(s: &mut Vec<u8>, l: &Line, stamp: &mut Stamp) {
         l.at.duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-    format_at(s, &l.entry(), secs, stamp);
+    format_at(s, &l.entry(), secs, stamp, &mut RequestText::default());
 }
 
-/// [`format_into`] with the line's time already in seconds since the epoch.
-fn format_at(s: &mut Vec<u8>, l: &Entry, secs: u64, stamp: &mut Stamp) {
+/// [`format_into`] with the line's time already in seconds since the epoch (`scratch` holds a
+/// raw request's escaped fields for a W3C line).
+fn format_at(s: &mut Vec<u8>, l: &Entry, secs: u64, stamp: &mut Stamp, scratch: &mut RequestText) {
     let ip = if l.opts.truncate_ip {
         truncate(l.ip)
     } else {
         l.ip
     };
-    let r = l.request;
     match l.opts.format {
         LogFormat::Combined | LogFormat::Common => {
             push_ip(s, ip);
             s.extend_from_slice(stamp.ncsa(secs));
-            s.extend_from_slice(r.request());
-            s.extend_from_slice(version_tail(r.version));
+            match l.request {
+                Req::Text(t) => {
+                    s.extend_from_slice(t.request());
+                    s.extend_from_slice(version_tail(t.version));
+                }
+                Req::Raw(r) => {
+                    push_request(s, r.method, r.target);
+                    s.extend_from_slice(version_tail(r.version));
+                }
+            }
             push_status(s, l.status);
             if l.bytes == 0 {
                 s.push(b'-');
@@ -522,10 +562,22 @@ fn format_at(s: &mut Vec<u8>, l: &Entry, secs: u64, stamp: &mut Stamp) {
                 push_u64(s, l.bytes);
             }
             if l.opts.format == LogFormat::Combined {
-                s.extend_from_slice(r.combined_tail());
+                match l.request {
+                    Req::Text(t) => s.extend_from_slice(t.combined_tail()),
+                    Req::Raw(r) => {
+                        push_quoted(s, r.referer, r.user_agent);
+                    }
+                }
             }
         }
         LogFormat::W3c => {
+            let r = match l.request {
+                Req::Text(t) => t,
+                Req::Raw(r) => {
+                    scratch.set(r.method, r.target, r.version, r.referer, r.user_agent);
+                    &*scratch
+                }
+            };
             // W3C fields are separated by spaces: a space inside a field becomes `+` (the
             // fields are already escaped).
             let w = |s: &mut Vec<u8>, v: Option<&[u8]>| match v {
@@ -746,6 +798,8 @@ struct Pending {
     sites: Vec<(Arc<str>, SiteLog)>,
     site_index: HashMap<(usize, SiteLog), u32>,
     stamp: Stamp,
+    /// A raw request's fields escaped, for W3C lines.
+    scratch: RequestText,
 }
 
 impl Pending {
@@ -767,6 +821,7 @@ impl Pending {
     }
 
     fn clear(&mut self) {
+        self.scratch.trim();
         self.text.clear();
         self.lines.clear();
         self.sites.clear();
@@ -941,7 +996,13 @@ impl AccessLog {
             return;
         }
         let site = p.site(site, line.opts);
-        format_at(&mut p.text, line, at_us / 1_000_000, &mut p.stamp);
+        format_at(
+            &mut p.text,
+            line,
+            at_us / 1_000_000,
+            &mut p.stamp,
+            &mut p.scratch,
+        );
         p.lines.push(Waiting {
             at_us,
             end: p.text.len() as u32,
@@ -1349,6 +1410,84 @@ mod tests {
         let mut post = line(LogFormat::Common);
         post.request = request(Method::POST, Version::HTTP_10, None, None);
         assert!(format_line(&post).contains("] \"POST /a%20b?x=%221%22 HTTP/1.0\" 200 "));
+    }
+
+    /// A fresh hit's line is written from the request itself, any other from the text kept
+    /// when the request arrived: both must read the same, byte for byte.
+    #[test]
+    fn a_request_logged_in_place_or_kept_gives_the_same_line() {
+        let fields: [(Method, &[u8], Version, Option<&[u8]>, Option<&[u8]>); 5] = [
+            (Method::GET, b"/", Version::HTTP_11, None, None),
+            (
+                Method::HEAD,
+                b"/a%20b?x=%221%22&y=\"z\"",
+                Version::HTTP_10,
+                Some(b"https://r.example/a b"),
+                Some("curl/8 \"quoted\" \u{e9}\\".as_bytes()),
+            ),
+            (
+                Method::GET,
+                b"/\x01\xff",
+                Version::HTTP_2,
+                Some(b""),
+                Some(b" "),
+            ),
+            (
+                Method::GET,
+                b"/a-long-path/with/several/segments?and=a&query=string",
+                Version::HTTP_11,
+                Some(b"https://www.gouv.fr/"),
+                Some(b"Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"),
+            ),
+            (Method::POST, b"/form", Version::HTTP_3, Some(b"-"), None),
+        ];
+        for (method, target, version, referer, user_agent) in fields {
+            let kept = RequestText::new(&method, target, version, referer, user_agent);
+            let raw = RawRequest {
+                method: &method,
+                target,
+                version,
+                referer,
+                user_agent,
+            };
+            for format in [LogFormat::Combined, LogFormat::Common, LogFormat::W3c] {
+                for truncate_ip in [false, true] {
+                    let entry = |request| Entry {
+                        opts: SiteLog {
+                            format,
+                            truncate_ip,
+                        },
+                        ip: "2001:db8::7".parse().expect("ip"),
+                        request,
+                        status: 304,
+                        bytes: 0,
+                        micros: 1500,
+                    };
+                    let (mut a, mut b) = (vec![], vec![]);
+                    let mut scratch = RequestText::default();
+                    format_at(
+                        &mut a,
+                        &entry(Req::Text(&kept)),
+                        1_795_335_723,
+                        &mut Stamp::default(),
+                        &mut scratch,
+                    );
+                    format_at(
+                        &mut b,
+                        &entry(Req::Raw(raw)),
+                        1_795_335_723,
+                        &mut Stamp::default(),
+                        &mut scratch,
+                    );
+                    assert_eq!(
+                        String::from_utf8_lossy(&a),
+                        String::from_utf8_lossy(&b),
+                        "{format:?}"
+                    );
+                    assert!(a.len() > 40 && a.ends_with(b"\n"));
+                }
+            }
+        }
     }
 
     #[test]

@@ -84,6 +84,173 @@ struct Routed {
     /// The statistics class, when the path that answered knows it (the fresh-hit path, the
     /// busiest); otherwise it is read from the response's `Cache-Status`.
     class: Option<crate::stats::Class>,
+    /// Set by [`Edge::handle`] when requests are recorded (access log or statistics on).
+    rec: Option<Recording>,
+}
+
+/// A request being recorded. Its line needs the request's method, target and headers, which
+/// the paths that answer consume: a request that may be a fresh hit keeps them in place and is
+/// recorded where it is answered, from the request itself, when its body goes whole (most
+/// hits); any other request keeps its side of the line ([`RequestText`], escaped, in a pooled
+/// slot) before it is handed on, and is recorded once its response ends.
+///
+/// [`RequestText`]: crate::accesslog::RequestText
+struct Recording {
+    log: bool,
+    stats: bool,
+    ip: std::net::IpAddr,
+    started_ms: u64,
+    /// The kept request's side of its line.
+    slot: Option<crate::response::Recorded>,
+    visitor: Option<u64>,
+    /// Recorded already (a fresh hit sent whole).
+    done: bool,
+}
+
+/// The user agent and referer of a request, in one pass over its headers (cheaper than a lookup
+/// for each).
+fn agent_and_referer(headers: &http::HeaderMap) -> (Option<&[u8]>, Option<&[u8]>) {
+    let (mut user_agent, mut referer) = (None, None);
+    for (name, value) in headers {
+        if *name == header::USER_AGENT {
+            user_agent.get_or_insert(value.as_bytes());
+        } else if *name == header::REFERER {
+            referer.get_or_insert(value.as_bytes());
+        }
+    }
+    (user_agent, referer)
+}
+
+impl Recording {
+    /// Keeps the request's side of its line and its visitor, before the request is handed on.
+    fn keep(
+        &mut self,
+        method: &Method,
+        uri: &http::Uri,
+        version: http::Version,
+        headers: &http::HeaderMap,
+    ) {
+        let (user_agent, referer) = agent_and_referer(headers);
+        if self.log {
+            let slot = self
+                .slot
+                .get_or_insert_with(crate::response::Recorded::take);
+            if let Some(text) = slot.request_mut() {
+                text.set(
+                    method,
+                    crate::accesslog::target_of(uri).as_bytes(),
+                    version,
+                    referer,
+                    user_agent,
+                );
+            }
+        }
+        if self.stats {
+            self.visitor = Some(crate::stats::visitor_hash(self.ip, user_agent));
+        }
+    }
+
+    /// What the log and statistics say of a request answered with `resp` (`sent` still 0).
+    fn summary(
+        &self,
+        class: Option<crate::stats::Class>,
+        visitor: Option<u64>,
+        resp: &Response<EdgeBody>,
+    ) -> crate::response::Summary {
+        let status = resp.status().as_u16();
+        let stat = visitor.map(|visitor| crate::stats::Request {
+            class: match class {
+                // The path that answered knows (a fresh hit); a 5xx is an error whatever served it.
+                Some(class) if status < 500 => class,
+                _ => crate::stats::classify(
+                    status,
+                    resp.headers()
+                        .get_all(&crate::response::CACHE_STATUS)
+                        .iter()
+                        .next_back()
+                        .map(|v| v.as_bytes()),
+                ),
+            },
+            status,
+            ttfb_ms: crate::clock::coarse_millis().saturating_sub(self.started_ms),
+            sent: 0,
+            visitor,
+        });
+        crate::response::Summary {
+            sent: 0,
+            started_ms: self.started_ms,
+            ip: self.ip,
+            status,
+            stat,
+        }
+    }
+
+    /// A fresh hit, answered while the request is at hand: recorded now from the request itself
+    /// when its body goes whole; otherwise the request is kept, to be recorded when the body
+    /// ends.
+    fn fresh_hit(
+        &mut self,
+        edge: &Edge,
+        rt: &SiteRuntime,
+        parts: &Parts,
+        class: Option<crate::stats::Class>,
+        resp: &Response<EdgeBody>,
+    ) {
+        let Some(sent) = resp.body().whole_len() else {
+            self.keep(&parts.method, &parts.uri, parts.version, &parts.headers);
+            return;
+        };
+        let (user_agent, referer) = agent_and_referer(&parts.headers);
+        let visitor = self
+            .stats
+            .then(|| crate::stats::visitor_hash(self.ip, user_agent));
+        let mut summary = self.summary(class, visitor, resp);
+        summary.sent = sent;
+        let request = crate::accesslog::RawRequest {
+            method: &parts.method,
+            target: crate::accesslog::target_of(&parts.uri).as_bytes(),
+            version: parts.version,
+            referer,
+            user_agent,
+        };
+        summary.record(edge, rt, crate::accesslog::Req::Raw(request));
+        self.done = true;
+    }
+
+    /// Records a request whose side of the line was kept: now if its body goes whole, else
+    /// when the body ends (the body is wrapped to count what it sends).
+    fn finish(
+        mut self,
+        edge: Arc<Edge>,
+        rt: Arc<SiteRuntime>,
+        class: Option<crate::stats::Class>,
+        resp: &mut Response<EdgeBody>,
+    ) {
+        let mut summary = self.summary(class, self.visitor, resp);
+        // A slot is always kept when the log is on; with statistics alone it only counts.
+        let slot = self
+            .slot
+            .take()
+            .unwrap_or_else(crate::response::Recorded::take);
+        let body = resp.body_mut();
+        match body.whole_len() {
+            Some(sent) => {
+                summary.sent = sent;
+                slot.record_now(&mut summary, &edge, &rt);
+            }
+            // The body is wrapped in place (the response head is not moved).
+            None => {
+                let mut slot = slot;
+                slot.start(crate::response::Logged {
+                    inner: std::mem::replace(body, EdgeBody::Empty),
+                    summary,
+                    edge,
+                    site: rt,
+                });
+                *body = EdgeBody::Logged(slot);
+            }
+        }
+    }
 }
 
 /// Options fixed at start.
@@ -415,74 +582,26 @@ impl Edge {
     ) -> Response<EdgeBody> {
         let log = self.access_log.is_some();
         let stats = self.stats_on.load(Ordering::Relaxed);
-        if !log && !stats {
-            return self.handle_inner(req, conn, &mut Routed::default()).await;
-        }
-        let started_ms = crate::clock::coarse_millis();
-        let ip = conn.remote.ip();
-        // The slot is taken now, so that the request's side of its line is written into it
-        // (escaped, once) before the request is handed on.
-        let mut rec = crate::response::Recorded::take();
-        let visitor = {
-            // One pass over the request's headers (cheaper than a lookup for each).
-            let (mut user_agent, mut referer) = (None, None);
-            for (name, value) in req.headers() {
-                if *name == header::USER_AGENT {
-                    user_agent.get_or_insert(value.as_bytes());
-                } else if *name == header::REFERER {
-                    referer.get_or_insert(value.as_bytes());
-                }
-            }
-            if log && let Some(text) = rec.request_mut() {
-                text.set(
-                    req.method(),
-                    crate::accesslog::target_of(req.uri()).as_bytes(),
-                    req.version(),
-                    referer,
-                    user_agent,
-                );
-            }
-            stats.then(|| crate::stats::visitor_hash(ip, user_agent))
-        };
         let mut routed = Routed::default();
+        if log || stats {
+            routed.rec = Some(Recording {
+                log,
+                stats,
+                ip: conn.remote.ip(),
+                started_ms: crate::clock::coarse_millis(),
+                slot: None,
+                visitor: None,
+                done: false,
+            });
+        }
         let mut resp = self.handle_inner(req, conn, &mut routed).await;
-        // A request no site took is not recorded (the slot goes back to its pool unused).
-        let Some(rt) = routed.site else {
-            return resp;
-        };
-        let status = resp.status().as_u16();
-        let stat = visitor.map(|visitor| crate::stats::Request {
-            class: match routed.class {
-                // The path that answered knows (a fresh hit); a 5xx is an error whatever served it.
-                Some(class) if status < 500 => class,
-                _ => crate::stats::classify(
-                    status,
-                    resp.headers()
-                        .get_all(&crate::response::CACHE_STATUS)
-                        .iter()
-                        .next_back()
-                        .map(|v| v.as_bytes()),
-                ),
-            },
-            status,
-            ttfb_ms: crate::clock::coarse_millis().saturating_sub(started_ms),
-            sent: 0,
-            visitor,
-        });
-        // The body is wrapped in place (the response head is not moved).
-        let body = resp.body_mut();
-        let inner = std::mem::replace(body, EdgeBody::Empty);
-        rec.start(crate::response::Logged {
-            inner,
-            sent: 0,
-            started_ms,
-            ip,
-            status,
-            stat,
-            edge: self,
-            site: rt,
-        });
-        *body = EdgeBody::Logged(rec);
+        // A request no site took is not recorded; a fresh hit sent whole was recorded where it
+        // was answered.
+        if let (Some(rt), Some(rec)) = (routed.site, routed.rec)
+            && !rec.done
+        {
+            rec.finish(self, rt, routed.class, &mut resp);
+        }
         resp
     }
 
@@ -559,6 +678,14 @@ impl Edge {
 
         // Site modes (CDN-03). Purges work in every mode.
         let mode = rt.site.mode_at(self.clock.now());
+        // A request that cannot be a fresh hit keeps its side of the line now, while it is at
+        // hand (see `Recording`).
+        if let Some(rec) = &mut routed.rec
+            && !(mode == Mode::Active
+                && (req.method() == Method::GET || req.method() == Method::HEAD))
+        {
+            rec.keep(req.method(), req.uri(), req.version(), req.headers());
+        }
         if req.method() != *PURGE {
             match mode {
                 Mode::Active => {}
@@ -592,8 +719,16 @@ impl Edge {
                 .then(|| parts.uri.path().to_owned());
             // A fresh hit is answered without waiting; the rest is boxed (see `fresh_hit`).
             let mut resp = match self.fresh_hit(&parts, &rt, &host, &mut routed.class) {
-                Ok(resp) => resp,
+                Ok(resp) => {
+                    if let Some(rec) = &mut routed.rec {
+                        rec.fresh_hit(self, &rt, &parts, routed.class, &resp);
+                    }
+                    resp
+                }
                 Err(looked) => {
+                    if let Some(rec) = &mut routed.rec {
+                        rec.keep(&parts.method, &parts.uri, parts.version, &parts.headers);
+                    }
                     Box::pin(self.clone().cacheable_rest(
                         parts,
                         &rt,

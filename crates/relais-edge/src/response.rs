@@ -11,7 +11,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::accesslog::RequestText;
+use crate::accesslog::{Req, RequestText};
 use crate::upstream::BoxError;
 
 /// Largest frame sent from an in-memory body.
@@ -78,6 +78,19 @@ impl Recorded {
         }
     }
 
+    /// Records the request at once (its body is sent whole, see [`EdgeBody::whole_len`]); the
+    /// slot goes back to its pool.
+    pub fn record_now(
+        self,
+        s: &mut Summary,
+        edge: &crate::proxy::Edge,
+        site: &crate::proxy::SiteRuntime,
+    ) {
+        if let Some(slot) = self.0.as_deref() {
+            s.record(edge, site, Req::Text(&slot.request));
+        }
+    }
+
     fn get(&self) -> Option<&Logged> {
         self.0.as_deref().and_then(|s| s.rec.as_ref())
     }
@@ -92,7 +105,7 @@ impl Drop for Recorded {
         if let Some(mut slot) = self.0.take() {
             let Slot { request, rec } = &mut *slot;
             if let Some(l) = rec {
-                l.record(request);
+                l.summary.record(&l.edge, &l.site, Req::Text(request));
             }
             // Releases the body, the edge and the site; the request's buffer stays unless a long
             // request grew it.
@@ -114,6 +127,15 @@ impl Drop for Recorded {
 /// request when its response ends (or is abandoned).
 pub struct Logged {
     pub inner: EdgeBody,
+    pub summary: Summary,
+    /// The edge (its clock and access log) and the site, held rather than their parts so that a
+    /// request clones no shared counter of its own.
+    pub edge: std::sync::Arc<crate::proxy::Edge>,
+    pub site: std::sync::Arc<crate::proxy::SiteRuntime>,
+}
+
+/// What the access log and statistics record of a request, besides the request itself.
+pub struct Summary {
     pub sent: u64,
     /// When the request arrived, in [`crate::clock::coarse_millis`].
     pub started_ms: u64,
@@ -121,18 +143,21 @@ pub struct Logged {
     pub status: u16,
     /// Statistics' view of the request (`None` when they are off): what `sent` completes.
     pub stat: Option<crate::stats::Request>,
-    /// The edge (its clock and access log) and the site, held rather than their parts so that a
-    /// request clones no shared counter of its own.
-    pub edge: std::sync::Arc<crate::proxy::Edge>,
-    pub site: std::sync::Arc<crate::proxy::SiteRuntime>,
 }
 
-impl Logged {
-    fn record(&mut self, request: &RequestText) {
+impl Summary {
+    /// Writes the request's access-log line (if the edge has a log) and counts it in its
+    /// site's statistics (if they are on).
+    pub fn record(
+        &mut self,
+        edge: &crate::proxy::Edge,
+        site: &crate::proxy::SiteRuntime,
+        request: Req<'_>,
+    ) {
         // The tick clock: lines are stamped to the second and minutes are minutes.
-        let at_us = self.edge.clock().recent_micros();
-        if let Some(log) = &self.edge.access_log {
-            let opts = self.site.site.log;
+        let at_us = edge.clock().recent_micros();
+        if let Some(log) = &edge.access_log {
+            let opts = site.site.log;
             let entry = crate::accesslog::Entry {
                 opts,
                 ip: self.ip,
@@ -147,12 +172,26 @@ impl Logged {
                 },
             };
             // The time goes as `at_us` (converted once for the line and the minute).
-            log.log_at(&self.site.log_name, &entry, at_us);
+            log.log_at(&site.log_name, &entry, at_us);
         }
         if let Some(r) = &mut self.stat {
             r.sent = self.sent;
             let minute = (at_us / 60_000_000) as i64;
-            self.site.metrics.minutes.record(minute, r);
+            site.metrics.minutes.record(minute, r);
+        }
+    }
+}
+
+impl EdgeBody {
+    /// The length of a body held in memory that goes in one frame (none, or at most [`FRAME`]
+    /// bytes): hyper takes it whole the first time it polls the body, right after the head, so
+    /// the request can be recorded as soon as the response is ready, with the body's length,
+    /// without wrapping the body to count it. `None` for a body sent over time.
+    pub fn whole_len(&self) -> Option<u64> {
+        match self {
+            EdgeBody::Empty | EdgeBody::Full(None) => Some(0),
+            EdgeBody::Full(Some(b)) if b.len() <= FRAME => Some(b.len() as u64),
+            _ => None,
         }
     }
 }
@@ -198,7 +237,7 @@ impl Body for EdgeBody {
                 if let Poll::Ready(Some(Ok(f))) = &r
                     && let Some(d) = f.data_ref()
                 {
-                    l.sent += d.len() as u64;
+                    l.summary.sent += d.len() as u64;
                 }
                 r
             }
