@@ -1416,7 +1416,14 @@ mod tests {
     /// when the request arrived: both must read the same, byte for byte.
     #[test]
     fn a_request_logged_in_place_or_kept_gives_the_same_line() {
-        let fields: [(Method, &[u8], Version, Option<&[u8]>, Option<&[u8]>); 5] = [
+        type Fields<'a> = (
+            Method,
+            &'a [u8],
+            Version,
+            Option<&'a [u8]>,
+            Option<&'a [u8]>,
+        );
+        let fields: [Fields; 5] = [
             (Method::GET, b"/", Version::HTTP_11, None, None),
             (
                 Method::HEAD,
