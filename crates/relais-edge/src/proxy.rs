@@ -99,6 +99,9 @@ struct Recording {
     log: bool,
     stats: bool,
     ip: std::net::IpAddr,
+    /// When the request was kept ([`crate::clock::coarse_millis`]): the time it was taken in
+    /// hand, as nothing between them waits. A fresh hit recorded in place reads no time: it is
+    /// answered within the poll that took it, and its time to first byte is 0 ms.
     started_ms: u64,
     /// The kept request's side of its line.
     slot: Option<crate::response::Recorded>,
@@ -130,6 +133,7 @@ impl Recording {
         version: http::Version,
         headers: &http::HeaderMap,
     ) {
+        self.started_ms = crate::clock::coarse_millis();
         let (user_agent, referer) = agent_and_referer(headers);
         if self.log {
             let slot = self
@@ -150,13 +154,16 @@ impl Recording {
         }
     }
 
-    /// What the log and statistics say of a request answered with `resp` (`sent` still 0).
+    /// What the log and statistics say of a request answered with `resp` (`sent` still 0;
+    /// `waited`: whether the request was kept, and waited, so that its times are read).
     fn summary(
         &self,
         class: Option<crate::stats::Class>,
         visitor: Option<u64>,
         resp: &Response<EdgeBody>,
+        waited: bool,
     ) -> crate::response::Summary {
+        let started_ms = waited.then_some(self.started_ms);
         let status = resp.status().as_u16();
         let stat = visitor.map(|visitor| crate::stats::Request {
             class: match class {
@@ -172,13 +179,13 @@ impl Recording {
                 ),
             },
             status,
-            ttfb_ms: crate::clock::coarse_millis().saturating_sub(self.started_ms),
+            ttfb_ms: started_ms.map_or(0, |t| crate::clock::coarse_millis().saturating_sub(t)),
             sent: 0,
             visitor,
         });
         crate::response::Summary {
             sent: 0,
-            started_ms: self.started_ms,
+            started_ms,
             ip: self.ip,
             status,
             stat,
@@ -204,7 +211,7 @@ impl Recording {
         let visitor = self
             .stats
             .then(|| crate::stats::visitor_hash(self.ip, user_agent));
-        let mut summary = self.summary(class, visitor, resp);
+        let mut summary = self.summary(class, visitor, resp, false);
         summary.sent = sent;
         let request = crate::accesslog::RawRequest {
             method: &parts.method,
@@ -226,7 +233,7 @@ impl Recording {
         class: Option<crate::stats::Class>,
         resp: &mut Response<EdgeBody>,
     ) {
-        let mut summary = self.summary(class, self.visitor, resp);
+        let mut summary = self.summary(class, self.visitor, resp, true);
         // A slot is always kept when the log is on; with statistics alone it only counts.
         let slot = self
             .slot
@@ -588,7 +595,7 @@ impl Edge {
                 log,
                 stats,
                 ip: conn.remote.ip(),
-                started_ms: crate::clock::coarse_millis(),
+                started_ms: 0,
                 slot: None,
                 visitor: None,
                 done: false,

@@ -137,8 +137,9 @@ pub struct Logged {
 /// What the access log and statistics record of a request, besides the request itself.
 pub struct Summary {
     pub sent: u64,
-    /// When the request arrived, in [`crate::clock::coarse_millis`].
-    pub started_ms: u64,
+    /// When the request was taken in hand, in [`crate::clock::coarse_millis`] (`None`: it was
+    /// answered in the poll that took it, its time taken is 0).
+    pub started_ms: Option<u64>,
     pub ip: std::net::IpAddr,
     pub status: u16,
     /// Statistics' view of the request (`None` when they are off): what `sent` completes.
@@ -166,7 +167,9 @@ impl Summary {
                 bytes: self.sent,
                 // Only W3C lines carry the time taken.
                 micros: if opts.format == crate::accesslog::LogFormat::W3c {
-                    crate::clock::coarse_millis().saturating_sub(self.started_ms) * 1000
+                    self.started_ms.map_or(0, |t| {
+                        crate::clock::coarse_millis().saturating_sub(t) * 1000
+                    })
                 } else {
                     0
                 },
