@@ -18,6 +18,7 @@
 # BASELINE=path/to/another/relais compares two builds: the "off" edge runs that binary and
 # records exactly as the "on" one does (what RECORD says), so the ratio is the new build's
 # against the old one's.
+# BIN=path/to/relais measures that build instead of target/release/relais.
 # PEER=nginx measures nginx (proxy_cache, one worker, no master) the same way, access_log off
 # versus on (combined, buffer=64k flush=1s: nginx's cheapest setting), for comparison.
 #
@@ -35,7 +36,7 @@ CONNS=${CONNS:-64}
 # Size of the cached object, in bytes.
 SIZE=${SIZE:-1024}
 REPEAT=${REPEAT:-1}
-BIN=target/release/relais
+BIN=${BIN:-target/release/relais}
 OFF_BIN=${BASELINE:-$BIN}
 [ "$(nproc)" -ge 2 ] || { echo "this benchmark needs two cores" >&2; exit 1; }
 WRK_CPU=""
