@@ -19,6 +19,12 @@
 # records exactly as the "on" one does (what RECORD says), so the ratio is the new build's
 # against the old one's.
 # BIN=path/to/relais measures that build instead of target/release/relais.
+# COPIES=round (default): the edges run a fresh copy of their binary every round; COPIES=run:
+# one copy for the whole run. Two sequential runs of one build 12 minutes apart gave 0.928 and
+# 0.952 with each run's rounds tightly grouped (0.905-0.938, 0.940-0.966): an effect that lasts
+# a run, and a run used one copy of the binary, whose place in the page cache is known to change
+# its speed by several per cent (bench/lib.sh). With a copy per round, each round has its own
+# placement and the median is taken over them.
 # PEER=nginx measures nginx (proxy_cache, one worker, no master) the same way, access_log off
 # versus on (combined, buffer=64k flush=1s: nginx's cheapest setting), for comparison.
 #
@@ -50,10 +56,20 @@ cleanup() { for p in "${PIDS[@]}" $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || 
 trap cleanup EXIT
 . bench/lib.sh
 # Fresh copies (see `fresh_copies`); without BASELINE both edges run the same copy.
-fresh_copies "$WORK" "$BIN" relais-on "$BIN" relais-origin
-OFF_COPY=$WORK/relais-on
-[ -n "${BASELINE:-}" ] && { fresh_copies "$WORK" "$OFF_BIN" relais-off; OFF_COPY=$WORK/relais-off; }
-BIN=$WORK/relais-on; OFF_BIN=$OFF_COPY
+COPIES=${COPIES:-round}
+SRC_BIN=$BIN; SRC_OFF_BIN=$OFF_BIN
+fresh_copies "$WORK" "$BIN" relais-origin
+# Copies the edges' binaries afresh (named after $1), removing the previous copies.
+copy_edges() {
+  rm -f "$WORK"/relais-on.* "$WORK"/relais-off.*
+  fresh_copies "$WORK" "$SRC_BIN" "relais-on.$1"
+  BIN=$WORK/relais-on.$1; OFF_BIN=$BIN
+  if [ -n "${BASELINE:-}" ]; then
+    fresh_copies "$WORK" "$SRC_OFF_BIN" "relais-off.$1"
+    OFF_BIN=$WORK/relais-off.$1
+  fi
+}
+copy_edges 0
 OPORT=$(free_port); OFF=$(free_port); ON=$(free_port); ON_ADMIN=$(free_port)
 "$WORK/relais-origin" demo-origin --listen "127.0.0.1:$OPORT" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do
@@ -161,6 +177,11 @@ print(" ".join(out))
 PY
 }
 for r in $(seq "$ROUNDS"); do
+  if [ "$COPIES" = round ] && [ "$PEER" = relais ]; then
+    for p in $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    OFF_PID=""; ON_PID=""
+    copy_edges "$r"
+  fi
   start_edges
   if [ "$METHOD" = paired ]; then
     if [ $((r % 2)) -eq 1 ]; then res=$(paired 0 1); else res=$(paired 1 0); fi
