@@ -154,16 +154,16 @@ impl Recording {
         }
     }
 
-    /// What the log and statistics say of a request answered with `resp` (`sent` still 0;
-    /// `waited`: whether the request was kept, and waited, so that its times are read).
+    /// What the log and statistics say of a request answered with `resp` (`sent` still 0).
+    /// Only a `kept` request is timed (from `started_ms`).
     fn summary(
         &self,
         class: Option<crate::stats::Class>,
         visitor: Option<u64>,
         resp: &Response<EdgeBody>,
-        waited: bool,
+        kept: bool,
     ) -> crate::response::Summary {
-        let started_ms = waited.then_some(self.started_ms);
+        let started_ms = kept.then_some(self.started_ms);
         let status = resp.status().as_u16();
         let stat = visitor.map(|visitor| crate::stats::Request {
             class: match class {
