@@ -186,10 +186,10 @@ impl Summary {
 }
 
 impl EdgeBody {
-    /// The length of a body held in memory that goes in one frame (none, or at most [`FRAME`]
-    /// bytes): hyper takes it whole the first time it polls the body, right after the head, so
-    /// the request can be recorded as soon as the response is ready, with the body's length,
-    /// without wrapping the body to count it. `None` for a body sent over time.
+    /// The length of a body held in memory that goes in one frame (none, or at most 256 KiB,
+    /// the frame size): hyper takes it whole the first time it polls the body, right after the
+    /// head, so the request can be recorded as soon as the response is ready, with the body's
+    /// length, without wrapping the body to count it. `None` for a body sent over time.
     pub fn whole_len(&self) -> Option<u64> {
         match self {
             EdgeBody::Empty | EdgeBody::Full(None) => Some(0),
