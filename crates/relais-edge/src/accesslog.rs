@@ -135,7 +135,7 @@ pub struct Entry<'a> {
 /// The request's side of a line: kept while its response was sent, or the request itself.
 #[derive(Debug, Clone, Copy)]
 pub enum Req<'a> {
-    /// Escaped when the request arrived (it was handed on before its response ended).
+    /// Escaped before the request was handed on (its response ended later).
     Text(&'a RequestText),
     /// A request still at hand when its line is written (a fresh hit sent whole): its fields
     /// are escaped straight into the line, with no text kept on the way.
@@ -182,7 +182,7 @@ fn push_quoted(t: &mut Vec<u8>, referer: Option<&[u8]>, user_agent: Option<&[u8]
 /// The largest [`RequestText`] buffer kept from one request to the next.
 const KEPT_TEXT: usize = 2048;
 
-/// The request's side of a line, escaped once when the request arrives: the method and target,
+/// The request's side of a line, escaped once before the request is handed on: the method and target,
 /// then the referer and user agent quoted as a Combined line has them, in one buffer, as
 /// `GET /a?b "https://r.example/" "curl/8"`. The edge keeps one in each pooled recording slot
 /// and refills it from request to request, so recording a request clones none of its parts
@@ -1413,7 +1413,7 @@ mod tests {
     }
 
     /// A fresh hit's line is written from the request itself, any other from the text kept
-    /// when the request arrived: both must read the same, byte for byte.
+    /// before the request was handed on: both must read the same, byte for byte.
     #[test]
     fn a_request_logged_in_place_or_kept_gives_the_same_line() {
         type Fields<'a> = (

@@ -43,7 +43,7 @@ pub struct Recorded(Option<Box<Slot>>);
 
 #[derive(Default)]
 struct Slot {
-    /// The request's side of its access-log line (filled when the request arrives).
+    /// The request's side of its access-log line (filled before the request is handed on).
     request: RequestText,
     /// The rest, set once the response is ready; recorded when it ends.
     rec: Option<Logged>,
