@@ -182,8 +182,8 @@ fn push_quoted(t: &mut Vec<u8>, referer: Option<&[u8]>, user_agent: Option<&[u8]
 /// The largest [`RequestText`] buffer kept from one request to the next.
 const KEPT_TEXT: usize = 2048;
 
-/// The request's side of a line, escaped once before the request is handed on: the method and target,
-/// then the referer and user agent quoted as a Combined line has them, in one buffer, as
+/// The request's side of a line, escaped once before the request is handed on: the method and
+/// target, then the referer and user agent quoted as a Combined line has them, in one buffer, as
 /// `GET /a?b "https://r.example/" "curl/8"`. The edge keeps one in each pooled recording slot
 /// and refills it from request to request, so recording a request clones none of its parts
 /// (each a reference count taken and released) and moves no more than a few words.
