@@ -100,9 +100,9 @@ struct Recording {
     stats: bool,
     ip: std::net::IpAddr,
     /// When the request was kept ([`crate::clock::coarse_millis`]): the time it was taken in
-    /// hand, as nothing between them waits. A fresh hit recorded in place reads no time: it is
-    /// answered within the poll that took it, and its time to first byte is 0 ms.
-    started_ms: u64,
+    /// hand, as nothing between them waits. `None` for a fresh hit recorded in place, which reads
+    /// no time: it is answered within the poll that took it, its time to first byte is 0 ms.
+    started_ms: Option<u64>,
     /// The kept request's side of its line.
     slot: Option<crate::response::Recorded>,
     visitor: Option<u64>,
@@ -133,7 +133,7 @@ impl Recording {
         version: http::Version,
         headers: &http::HeaderMap,
     ) {
-        self.started_ms = crate::clock::coarse_millis();
+        self.started_ms = Some(crate::clock::coarse_millis());
         let (user_agent, referer) = agent_and_referer(headers);
         if self.log {
             let slot = self
@@ -155,15 +155,12 @@ impl Recording {
     }
 
     /// What the log and statistics say of a request answered with `resp` (`sent` still 0).
-    /// Only a `kept` request is timed (from `started_ms`).
     fn summary(
         &self,
         class: Option<crate::stats::Class>,
         visitor: Option<u64>,
         resp: &Response<EdgeBody>,
-        kept: bool,
     ) -> crate::response::Summary {
-        let started_ms = kept.then_some(self.started_ms);
         let status = resp.status().as_u16();
         let stat = visitor.map(|visitor| crate::stats::Request {
             class: match class {
@@ -179,13 +176,15 @@ impl Recording {
                 ),
             },
             status,
-            ttfb_ms: started_ms.map_or(0, |t| crate::clock::coarse_millis().saturating_sub(t)),
+            ttfb_ms: self
+                .started_ms
+                .map_or(0, |t| crate::clock::coarse_millis().saturating_sub(t)),
             sent: 0,
             visitor,
         });
         crate::response::Summary {
             sent: 0,
-            started_ms,
+            started_ms: self.started_ms,
             ip: self.ip,
             status,
             stat,
@@ -211,7 +210,7 @@ impl Recording {
         let visitor = self
             .stats
             .then(|| crate::stats::visitor_hash(self.ip, user_agent));
-        let mut summary = self.summary(class, visitor, resp, false);
+        let mut summary = self.summary(class, visitor, resp);
         summary.sent = sent;
         let request = crate::accesslog::RawRequest {
             method: &parts.method,
@@ -233,7 +232,7 @@ impl Recording {
         class: Option<crate::stats::Class>,
         resp: &mut Response<EdgeBody>,
     ) {
-        let mut summary = self.summary(class, self.visitor, resp, true);
+        let mut summary = self.summary(class, self.visitor, resp);
         // A slot is always kept when the log is on; with statistics alone it only counts.
         let slot = self
             .slot
@@ -595,7 +594,7 @@ impl Edge {
                 log,
                 stats,
                 ip: conn.remote.ip(),
-                started_ms: 0,
+                started_ms: None,
                 slot: None,
                 visitor: None,
                 done: false,
@@ -839,9 +838,10 @@ impl Edge {
     }
 
     /// Phases 4–6 for GET and HEAD, the part that never waits: a fresh hit is answered here,
-    /// and anything else goes on to [`Edge::cacheable_rest`] with what was looked up. Kept apart so that a hit's future holds
-    /// none of the origin path's (large) state: the request's future is moved several times
-    /// per request, and its size is that of its largest state.
+    /// and anything else goes on to [`Edge::cacheable_rest`] with what was looked up. Kept
+    /// apart so that a hit's future holds none of the origin path's (large) state: the
+    /// request's future is moved several times per request, and its size is that of its
+    /// largest state.
     fn fresh_hit(
         self: &Arc<Self>,
         parts: &Parts,
