@@ -218,26 +218,25 @@ impl RequestText {
         user_agent: Option<&[u8]>,
     ) -> RequestText {
         let mut r = RequestText::default();
-        r.set(method, target, version, referer, user_agent);
+        r.set(RawRequest {
+            method,
+            target,
+            version,
+            referer,
+            user_agent,
+        });
         r
     }
 
     /// Replaces the text with another request's (the buffer is kept).
-    pub fn set(
-        &mut self,
-        method: &Method,
-        target: &[u8],
-        version: Version,
-        referer: Option<&[u8]>,
-        user_agent: Option<&[u8]>,
-    ) {
+    pub fn set(&mut self, r: RawRequest<'_>) {
         let t = &mut self.text;
         t.clear();
-        push_request(t, method, target);
-        self.method_end = method.as_str().len() as u32;
+        push_request(t, r.method, r.target);
+        self.method_end = r.method.as_str().len() as u32;
         self.target_end = t.len() as u32;
-        self.referer_end = push_quoted(t, referer, user_agent) as u32;
-        self.version = version;
+        self.referer_end = push_quoted(t, r.referer, r.user_agent) as u32;
+        self.version = r.version;
     }
 
     /// Lets a buffer a long request grew go (pooled slots keep theirs otherwise: 256 of them
@@ -574,7 +573,7 @@ fn format_at(s: &mut Vec<u8>, l: &Entry, secs: u64, stamp: &mut Stamp, scratch: 
             let r = match l.request {
                 Req::Text(t) => t,
                 Req::Raw(r) => {
-                    scratch.set(r.method, r.target, r.version, r.referer, r.user_agent);
+                    scratch.set(r);
                     &*scratch
                 }
             };

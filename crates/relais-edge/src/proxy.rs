@@ -110,9 +110,14 @@ struct Recording {
     done: bool,
 }
 
-/// The user agent and referer of a request, in one pass over its headers (cheaper than a lookup
-/// for each).
-fn agent_and_referer(headers: &http::HeaderMap) -> (Option<&[u8]>, Option<&[u8]>) {
+/// A request's fields as its line shows them (the user agent and referer found in one pass over
+/// its headers, cheaper than a lookup for each).
+fn raw_request<'a>(
+    method: &'a Method,
+    uri: &'a http::Uri,
+    version: http::Version,
+    headers: &'a http::HeaderMap,
+) -> crate::accesslog::RawRequest<'a> {
     let (mut user_agent, mut referer) = (None, None);
     for (name, value) in headers {
         if *name == header::USER_AGENT {
@@ -121,36 +126,29 @@ fn agent_and_referer(headers: &http::HeaderMap) -> (Option<&[u8]>, Option<&[u8]>
             referer.get_or_insert(value.as_bytes());
         }
     }
-    (user_agent, referer)
+    crate::accesslog::RawRequest {
+        method,
+        target: crate::accesslog::target_of(uri).as_bytes(),
+        version,
+        referer,
+        user_agent,
+    }
 }
 
 impl Recording {
     /// Keeps the request's side of its line and its visitor, before the request is handed on.
-    fn keep(
-        &mut self,
-        method: &Method,
-        uri: &http::Uri,
-        version: http::Version,
-        headers: &http::HeaderMap,
-    ) {
+    fn keep(&mut self, request: crate::accesslog::RawRequest<'_>) {
         self.started_ms = Some(crate::clock::coarse_millis());
-        let (user_agent, referer) = agent_and_referer(headers);
         if self.log {
             let slot = self
                 .slot
                 .get_or_insert_with(crate::response::Recorded::take);
             if let Some(text) = slot.request_mut() {
-                text.set(
-                    method,
-                    crate::accesslog::target_of(uri).as_bytes(),
-                    version,
-                    referer,
-                    user_agent,
-                );
+                text.set(request);
             }
         }
         if self.stats {
-            self.visitor = Some(crate::stats::visitor_hash(self.ip, user_agent));
+            self.visitor = Some(crate::stats::visitor_hash(self.ip, request.user_agent));
         }
     }
 
@@ -202,23 +200,16 @@ impl Recording {
         class: Option<crate::stats::Class>,
         resp: &Response<EdgeBody>,
     ) {
+        let request = raw_request(&parts.method, &parts.uri, parts.version, &parts.headers);
         let Some(sent) = resp.body().whole_len() else {
-            self.keep(&parts.method, &parts.uri, parts.version, &parts.headers);
+            self.keep(request);
             return;
         };
-        let (user_agent, referer) = agent_and_referer(&parts.headers);
         let visitor = self
             .stats
-            .then(|| crate::stats::visitor_hash(self.ip, user_agent));
+            .then(|| crate::stats::visitor_hash(self.ip, request.user_agent));
         let mut summary = self.summary(class, visitor, resp);
         summary.sent = sent;
-        let request = crate::accesslog::RawRequest {
-            method: &parts.method,
-            target: crate::accesslog::target_of(&parts.uri).as_bytes(),
-            version: parts.version,
-            referer,
-            user_agent,
-        };
         summary.record(edge, rt, crate::accesslog::Req::Raw(request));
         self.done = true;
     }
@@ -690,7 +681,12 @@ impl Edge {
             && !(mode == Mode::Active
                 && (req.method() == Method::GET || req.method() == Method::HEAD))
         {
-            rec.keep(req.method(), req.uri(), req.version(), req.headers());
+            rec.keep(raw_request(
+                req.method(),
+                req.uri(),
+                req.version(),
+                req.headers(),
+            ));
         }
         if req.method() != *PURGE {
             match mode {
@@ -733,7 +729,12 @@ impl Edge {
                 }
                 Err(looked) => {
                     if let Some(rec) = &mut routed.rec {
-                        rec.keep(&parts.method, &parts.uri, parts.version, &parts.headers);
+                        rec.keep(raw_request(
+                            &parts.method,
+                            &parts.uri,
+                            parts.version,
+                            &parts.headers,
+                        ));
                     }
                     Box::pin(self.clone().cacheable_rest(
                         parts,
