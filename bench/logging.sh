@@ -69,7 +69,6 @@ copy_edges() {
     OFF_BIN=$WORK/relais-off.$1
   fi
 }
-copy_edges 0
 OPORT=$(free_port); OFF=$(free_port); ON=$(free_port); ON_ADMIN=$(free_port)
 "$WORK/relais-origin" demo-origin --listen "127.0.0.1:$OPORT" >/dev/null 2>&1 & PIDS+=($!)
 for mode in off on; do
@@ -115,9 +114,12 @@ done
 # Fresh edge processes every round: two runs of one binary can differ by several per cent from
 # memory layout alone (an A/A comparison of two long-lived edges showed it), so no process
 # carries over, and the median over rounds averages the layouts out.
+# Starts fresh edges for round $1 (stopping the previous ones first, so that their copies can go).
 start_edges() {
   local core p
   for p in $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  OFF_PID=""; ON_PID=""
+  if [ "$COPIES" = round ] || [ "$1" = 1 ]; then copy_edges "$1"; fi
   for mode in off on; do
     core=0
     [ "$METHOD" = paired ] && [ "$mode" = on ] && core=1
@@ -177,12 +179,7 @@ print(" ".join(out))
 PY
 }
 for r in $(seq "$ROUNDS"); do
-  if [ "$COPIES" = round ] && [ "$PEER" = relais ]; then
-    for p in $OFF_PID $ON_PID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    OFF_PID=""; ON_PID=""
-    copy_edges "$r"
-  fi
-  start_edges
+  start_edges "$r"
   if [ "$METHOD" = paired ]; then
     if [ $((r % 2)) -eq 1 ]; then res=$(paired 0 1); else res=$(paired 1 0); fi
     read -r a_rps a_cpu b_rps b_cpu <<<"$res"
