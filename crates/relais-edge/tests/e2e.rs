@@ -1972,8 +1972,8 @@ async fn access_logs_close_daily_and_goaccess_reads_every_line() {
         assert_eq!(m.bytes as usize, content.len());
         assert_eq!(m.client_ip, if truncated { "truncated" } else { "full" });
         if format == "combined" {
-            // The first GET is a miss (its line written from the text kept on arrival), the
-            // second and the HEAD fresh hits (written from the request itself when answered).
+            // The first GET is a miss (its line written from the text kept before it was handed
+            // on), the second and the HEAD fresh hits (written from the request when answered).
             // Lines stamped in the same tick are ordered by thread, not by arrival.
             for line in [
                 "\"GET / HTTP/1.1\" 200 6 \"-\" \"-\"",
